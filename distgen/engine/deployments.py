@@ -1,0 +1,243 @@
+"""A batch of deployments with its carried state, advanced chunk by chunk through the kernel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import gammaincinv
+
+from distgen.engine.kernel import MODE_REPLAY, MODE_SYNTHETIC, N_STATS, fleet_kernel
+from distgen.engine.rng import KIND_DEPLOYMENT, KIND_REQUEST, entity_key, uniform01
+from distgen.model.artifact import PowerModel
+from distgen.workload.serving import N_FEATURES, ServingState
+
+GAMMA_TABLE_SIZE = 4097
+TOKEN_TABLE_SIZE = 1025
+DEFAULT_QUEUE_CAPACITY = 4096
+
+
+@dataclass(frozen=True)
+class PackedModels:
+    """Power models packed into padded arrays for the kernel (index = position in ``ids``)."""
+
+    ids: tuple[str, ...]
+    table_cum: np.ndarray   # (M, K, cells, K) cumulative transition probabilities
+    n_states: np.ndarray    # (M,) int32
+    mean_w: np.ndarray      # (M, K)
+    std_w: np.ndarray       # (M, K)
+    std_eps_w: np.ndarray   # (M, K) innovation std of the AR(1): std * sqrt(1 - phi^2)
+    phi: np.ndarray         # (M, K)
+    clamp_w: np.ndarray     # (M, 2)
+    serving: np.ndarray     # (M, 5) ServingParams.as_array()
+    tok_in: np.ndarray      # (M, Q) input-token quantiles
+    tok_out: np.ndarray     # (M, Q)
+    running_bin: np.ndarray  # running-bin index of each running count 0..seq capacity
+    prefill_th: np.ndarray
+    n_prefill_bins: int
+
+    @classmethod
+    def pack(cls, models: list[PowerModel]) -> "PackedModels":
+        grids = {m.transitions.grid for m in models}
+        if len(grids) != 1:
+            raise ValueError("models to run together must share one feature grid")
+        grid = grids.pop()
+        n_m = len(models)
+        k = max(m.k for m in models)
+        n_cells = grid.n_cells
+        table = np.ones((n_m, k, n_cells, k))
+        mean = np.zeros((n_m, k))
+        std = np.ones((n_m, k))
+        phi = np.zeros((n_m, k))
+        tok_in = np.ones((n_m, TOKEN_TABLE_SIZE))
+        tok_out = np.ones((n_m, TOKEN_TABLE_SIZE))
+        for i, m in enumerate(models):
+            km = m.k
+            table[i, :km, :, :km] = _stay_first_cumulative(m.transition_table)
+            mean[i, :km] = m.states.mean_w
+            std[i, :km] = m.states.std_w
+            phi[i, :km] = m.ar1_phi
+            tok_in[i] = _fine_quantiles(m.tokens.input_tokens)
+            tok_out[i] = _fine_quantiles(m.tokens.output_tokens)
+        return cls(
+            ids=tuple(m.config_id for m in models), table_cum=table,
+            n_states=np.array([m.k for m in models], np.int32), mean_w=mean, std_w=std,
+            std_eps_w=std * np.sqrt(1.0 - phi ** 2), phi=phi,
+            clamp_w=np.array([m.clamp_w for m in models], np.float64),
+            serving=np.stack([m.serving.as_array() for m in models]),
+            tok_in=tok_in, tok_out=tok_out,
+            running_bin=np.searchsorted(
+                np.asarray(grid.running_thresholds),
+                np.arange(int(max(m.serving.max_num_seqs for m in models)) + 2),
+                "right").astype(np.int64),
+            prefill_th=np.asarray(grid.prefill_thresholds_tokens, np.float64),
+            n_prefill_bins=grid.n_prefill_bins)
+
+    def seq_capacity(self) -> int:
+        return int(self.serving[:, 4].max())
+
+
+def _fine_quantiles(quantiles: np.ndarray) -> np.ndarray:
+    """Resample a token quantile table to TOKEN_TABLE_SIZE points, interpolating in log space
+    (token lengths span orders of magnitude), so the kernel can interpolate linearly."""
+    q = np.log(np.maximum(np.asarray(quantiles, np.float64), 1.0))
+    p = np.linspace(0.0, 1.0, q.size)
+    return np.exp(np.interp(np.linspace(0.0, 1.0, TOKEN_TABLE_SIZE), p, q))
+
+
+def _stay_first_cumulative(table: np.ndarray) -> np.ndarray:
+    """Cumulative rows in the order [from-state, then the others ascending].
+
+    Most steps keep their state, so the kernel's scan usually stops at the first comparison.
+    """
+    k = table.shape[0]
+    out = np.empty_like(table)
+    for s in range(k):
+        order = [s] + [t for t in range(k) if t != s]
+        out[s] = np.cumsum(table[s][:, order], axis=1)
+    out[..., -1] = 1.0  # guard against rounding: a uniform < 1 always lands
+    return out
+
+
+def gamma_gap_quantiles(burstiness: float) -> np.ndarray:
+    """Quantile table of a mean-1 gamma gap with shape ``burstiness`` (empty for Poisson)."""
+    if burstiness == 1.0:
+        return np.zeros(0)
+    p = np.linspace(0.0, 1.0, GAMMA_TABLE_SIZE)
+    p[0], p[-1] = 0.5 / GAMMA_TABLE_SIZE, 1.0 - 0.5 / GAMMA_TABLE_SIZE
+    return gammaincinv(burstiness, p) / burstiness
+
+
+@dataclass(frozen=True)
+class SyntheticArrivals:
+    """Inputs of the synthetic arrival process for one chunk.
+
+    ``rate_mult`` (D, n_intervals) multiplies ``base_rps`` (D,) [req/s]; column ``i`` is
+    modulation interval ``rate_k0 + i`` of ``steps_per_interval`` steps each; it must cover every
+    interval from that of ``step0`` to that of ``step0 + n_steps`` (one step of lookahead).
+    """
+
+    base_rps: np.ndarray
+    rate_mult: np.ndarray
+    rate_k0: int
+    steps_per_interval: int
+    gamma_q: np.ndarray
+
+
+@dataclass(frozen=True)
+class ReplayArrivals:
+    """Requests per deployment as CSR: ``offsets`` (D+1,), arrival step, input/output tokens."""
+
+    offsets: np.ndarray
+    step: np.ndarray
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+
+    @classmethod
+    def single(cls, arrival_s, input_tokens, output_tokens, interval_s: float) -> "ReplayArrivals":
+        order = np.argsort(arrival_s, kind="stable")
+        step = np.maximum(np.floor(np.asarray(arrival_s)[order] / interval_s), 0).astype(np.int64)
+        return cls(np.array([0, step.size], np.int64), step,
+                   np.asarray(input_tokens, np.int32)[order],
+                   np.asarray(output_tokens, np.int32)[order])
+
+
+class DeploymentBatch:
+    """Deployments advanced together; carries serving queues, chain state and power.
+
+    Parameters
+    ----------
+    models : packed power models.
+    model_index : (D,) which packed model each deployment uses.
+    deployment_uid : (D,) stable ids (key the random numbers).
+    target_index : (D,) row of the target array each deployment's power is added to.
+    seed : run seed.
+    """
+
+    def __init__(self, models: PackedModels, model_index, deployment_uid, target_index, seed: int,
+                 *, queue_capacity: int = DEFAULT_QUEUE_CAPACITY, interval_s: float = 0.25):
+        uid = np.asarray(deployment_uid, np.int64)
+        n = uid.shape[0]
+        self.models = models
+        self.interval_s = float(interval_s)
+        self.model_index = np.asarray(model_index, np.int32)
+        self.target_index = np.asarray(target_index, np.int64)
+        self.state_key = entity_key(seed, KIND_DEPLOYMENT, uid)
+        self.req_key = entity_key(seed, KIND_REQUEST, uid)
+        self.serving_state = ServingState.empty(n, models.seq_capacity(), queue_capacity)
+        self.state = np.zeros(n, np.int64)
+        self.power_w = np.zeros(n)
+        self.running_prev = np.zeros(n)
+        self.pending = np.zeros((n, N_FEATURES))
+        self.have_pending = np.zeros(n, np.bool_)
+        self.op_time = np.zeros(n)
+        self.next_arrival = np.zeros(n)
+        self.n_arrived = np.zeros(n, np.int64)
+        self.replay_ptr = np.zeros(n, np.int64)
+        self.stats = np.zeros((n, N_STATS))
+        self._first_gap_drawn = False
+
+    @property
+    def n_deployments(self) -> int:
+        return int(self.state_key.shape[0])
+
+    def _start_arrivals(self, gamma_q):
+        """Gap before each deployment's first arrival (request counter 0)."""
+        u = uniform01(self.req_key, np.zeros(self.n_deployments, np.uint64))
+        if gamma_q.size == 0:
+            self.next_arrival[:] = -np.log(u)
+        else:
+            self.next_arrival[:] = np.interp(u * (gamma_q.size - 1), np.arange(gamma_q.size),
+                                             gamma_q)
+        self._first_gap_drawn = True
+
+    def advance(self, step0: int, n_steps: int, target_w: np.ndarray, *,
+                synthetic: SyntheticArrivals | None = None, replay: ReplayArrivals | None = None,
+                deployment_w: np.ndarray | None = None) -> None:
+        """Run steps ``[step0, step0 + n_steps)``, adding power into ``target_w[:, :n_steps]``."""
+        if (synthetic is None) == (replay is None):
+            raise ValueError("give exactly one of synthetic or replay arrivals")
+        empty_f = np.zeros((1, 1), np.float32)
+        empty_i = np.zeros(1, np.int64)
+        empty_i32 = np.zeros(1, np.int32)
+        if synthetic is not None:
+            if not self._first_gap_drawn:
+                self._start_arrivals(synthetic.gamma_q)
+            mode = MODE_SYNTHETIC
+            syn = (np.asarray(synthetic.base_rps, np.float64),
+                   np.asarray(synthetic.rate_mult, np.float32), int(synthetic.rate_k0),
+                   int(synthetic.steps_per_interval), np.asarray(synthetic.gamma_q, np.float64))
+            rep = (np.zeros(self.n_deployments + 1, np.int64), empty_i, empty_i32, empty_i32)
+        else:
+            mode = MODE_REPLAY
+            syn = (np.zeros(self.n_deployments), empty_f, 0, 1, np.zeros(0))
+            rep = (replay.offsets, replay.step, replay.input_tokens, replay.output_tokens)
+        if deployment_w is None:
+            deployment_w = np.zeros((0, 0), np.float32)
+        m = self.models
+        fleet_kernel(
+            int(step0), int(n_steps), self.interval_s,
+            self.state_key, self.req_key, self.model_index, self.target_index,
+            m.table_cum, m.n_states, m.mean_w, m.std_w, m.std_eps_w, m.phi, m.clamp_w, m.serving,
+            m.tok_in, m.tok_out, m.running_bin, m.prefill_th, m.n_prefill_bins,
+            mode, *syn, *rep,
+            self.serving_state.arrays(), self.state, self.power_w, self.running_prev,
+            self.pending, self.have_pending, self.op_time, self.next_arrival, self.n_arrived,
+            self.replay_ptr, target_w, deployment_w, self.stats)
+
+
+def replay_power(model: PowerModel, arrival_s, input_tokens, output_tokens, n_steps: int,
+                 seed: int, deployment_uid: int = 0) -> np.ndarray:
+    """Generated power [W] of one deployment serving a given request stream.
+
+    ``arrival_s`` [s] is relative to the start of the first step. This is the path validation
+    uses to regenerate a measured run from its request log alone.
+    """
+    packed = PackedModels.pack([model])
+    batch = DeploymentBatch(packed, [0], [deployment_uid], [0], seed,
+                            queue_capacity=max(len(arrival_s), 16), interval_s=model.interval_s)
+    out = np.zeros((1, n_steps))
+    batch.advance(0, n_steps, out,
+                  replay=ReplayArrivals.single(arrival_s, input_tokens, output_tokens,
+                                               model.interval_s))
+    return out[0]

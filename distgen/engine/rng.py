@@ -1,0 +1,204 @@
+"""Counter-based random numbers: a pure function of (seed, entity kind, stable id, counter).
+
+Nothing here has a stream position. A random number is a hash of the run seed, the kind of
+entity that draws it (deployment, rack, row, site, request, routing), the entity's stable id
+(:mod:`distgen.topology`) and a counter (a step, interval or request index), so it does not
+depend on how the fleet is cut into shards or the run into time chunks.
+
+The hash is the SplitMix64 finaliser ("mix64", Steele, Lea & Flood, *Fast splittable
+pseudorandom number generators*, OOPSLA 2014; constants of Vigna's ``splitmix64.c``,
+https://prng.di.unimi.it/splitmix64.c)::
+
+    mix64(x): x ^= x >> 30; x *= 0xBF58476D1CE4E5B9; x ^= x >> 27; x *= 0x94D049BB133111EB;
+              x ^= x >> 31                                   (uint64, wrapping arithmetic)
+
+Formulas (``G = 0x9E3779B97F4A7C15``, the SplitMix64 increment; ``M = 0xD1B54A32D192ED03``)::
+
+    entity_key(seed, kind, uid, stream) = mix64(mix64(seed * G + kind + (stream << 16)) ^ (uid * M))
+    hash(key, counter)                  = mix64(key + counter * G)
+    uniform01(key, counter)             = ((hash >> 12) + 0.5) * 2**-52          in (0, 1)
+    normal(key, counter)                = inverse normal CDF of uniform01(key, counter)
+
+``seed`` and ``uid`` are taken modulo 2**64. ``stream`` separates independent uses of the same
+entity (stream 0 is the default, e.g. the kernel's state/power draws; the rate processes use
+:data:`STREAM_RATE`), so two subsystems never reuse each other's numbers. ``uniform01`` keeps
+52 bits so that ``(x + 0.5) * 2**-52`` is exact in float64 and strictly inside (0, 1) (with 53
+bits the top value would round to 1.0). ``normal`` uses one hash per draw and Acklam's rational
+approximation of the inverse normal CDF (P. J. Acklam, "An algorithm for computing the inverse
+normal cumulative distribution function", 2003; relative error below 1.15e-9): in the central
+95% it is one rational function (no transcendental call), which is what makes it about three
+times cheaper than Box-Muller in the kernels; its tails reach |z| = 8.2.
+
+Every function has a vectorised NumPy version (broadcasting over arrays of keys / counters) and
+a scalar ``@numba.njit(inline='always')`` twin for compiled kernels (``*_nb``). The uint64 hashes
+and ``uniform01`` are bit-identical between the two; ``normal`` agrees to a few ulp (NumPy may
+use SIMD ``log``/``cos`` implementations that differ from libm in the last bit).
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+#: Entity kinds (the ``kind`` argument of :func:`entity_key`).
+KIND_DEPLOYMENT = 1
+KIND_RACK = 2
+KIND_ROW = 3
+KIND_SITE = 4
+KIND_REQUEST = 5
+KIND_ROUTING = 6
+
+#: Streams (the ``stream`` argument of :func:`entity_key`).
+STREAM_MAIN = 0
+STREAM_RATE = 1     # rate modulation and bursts (distgen.workload.rates)
+STREAM_REPLAY = 2   # trace thinning / replication jitter (distgen.workload.routing)
+
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+UID_MULT = np.uint64(0xD1B54A32D192ED03)
+_C1 = np.uint64(0xBF58476D1CE4E5B9)
+_C2 = np.uint64(0x94D049BB133111EB)
+_S30 = np.uint64(30)
+_S27 = np.uint64(27)
+_S31 = np.uint64(31)
+_S12 = np.uint64(12)
+_S16 = np.uint64(16)
+_INV52 = 2.0 ** -52
+
+# Acklam's coefficients (central region a/b, tails c/d) and the central region's bounds
+_A = (-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
+      1.383577518672690e+02, -3.066479806614716e+01, 2.506628277459239e+00)
+_B = (-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
+      6.680131188771972e+01, -1.328068155288572e+01)
+_C = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
+      -2.549732539343734e+00, 4.374664141464968e+00, 2.938163982698783e+00)
+_D = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
+      3.754408661907416e+00)
+_P_LOW = 0.02425
+_P_HIGH = 1.0 - _P_LOW
+
+_U64_MASK = (1 << 64) - 1
+
+
+def _as_u64(x) -> np.ndarray:
+    """Array (or 0-d array) of uint64; Python ints are taken modulo 2**64, int64 arrays wrap."""
+    if isinstance(x, (int, np.integer)) and not isinstance(x, np.uint64):
+        return np.asarray(int(x) & _U64_MASK, dtype=np.uint64)
+    a = np.asarray(x)
+    if a.dtype == np.uint64:
+        return a
+    if a.dtype.kind not in "iub":
+        raise TypeError(f"expected integers, got dtype {a.dtype}")
+    return a.astype(np.uint64)
+
+
+def _ret(a: np.ndarray):
+    """0-d results come back as NumPy scalars, others as arrays."""
+    return a[()] if a.ndim == 0 else a
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    x = x ^ (x >> _S30)
+    x = x * _C1
+    x = x ^ (x >> _S27)
+    x = x * _C2
+    return x ^ (x >> _S31)
+
+
+def mix64(x):
+    """SplitMix64 finaliser of ``x`` (uint64, vectorised)."""
+    with np.errstate(over="ignore"):
+        return _ret(_mix64(_as_u64(x)))
+
+
+def entity_key(seed, kind, uid, stream=STREAM_MAIN):
+    """Key of entity ``uid`` of ``kind`` (vectorised over ``uid``); see the module formula."""
+    with np.errstate(over="ignore"):
+        base = _mix64(_as_u64(seed) * GOLDEN + _as_u64(kind) + (_as_u64(stream) << _S16))
+        return _ret(_mix64(base ^ (_as_u64(uid) * UID_MULT)))
+
+
+def hash64(key, counter):
+    """``mix64(key + counter * G)``, broadcasting ``key`` against ``counter``."""
+    with np.errstate(over="ignore"):
+        return _ret(_mix64(_as_u64(key) + _as_u64(counter) * GOLDEN))
+
+
+def uniform01(key, counter):
+    """Uniform float64 in the open interval (0, 1), broadcasting ``key`` against ``counter``."""
+    with np.errstate(over="ignore"):
+        h = _mix64(_as_u64(key) + _as_u64(counter) * GOLDEN)
+    return _ret(((h >> _S12).astype(np.float64) + 0.5) * _INV52)
+
+
+def inverse_normal_cdf(u):
+    """Acklam's approximation of the standard normal quantile function, for u in (0, 1)."""
+    u = np.asarray(u, np.float64)
+    a, b, c, d = _A, _B, _C, _D
+    q = u - 0.5
+    r = q * q
+    central = ((((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q
+               / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0))
+    t = np.sqrt(-2.0 * np.log(np.minimum(u, 1.0 - u)))
+    tail = ((((((c[0] * t + c[1]) * t + c[2]) * t + c[3]) * t + c[4]) * t + c[5])
+            / ((((d[0] * t + d[1]) * t + d[2]) * t + d[3]) * t + 1.0))
+    return np.where(u < _P_LOW, tail, np.where(u > _P_HIGH, -tail, central))
+
+
+def normal(key, counter):
+    """Standard normal float64: the inverse normal CDF of :func:`uniform01`."""
+    return _ret(inverse_normal_cdf(uniform01(key, counter)))
+
+
+# ---------------------------------------------------------------------------------------------
+# scalar twins for compiled kernels: every intermediate stays uint64 (mixing uint64 with int64
+# in numba promotes to float64, so every constant is a uint64 global)
+
+
+@nb.njit(inline="always")
+def mix64_nb(x):
+    """SplitMix64 finaliser of a scalar uint64 (numba)."""
+    x = np.uint64(x)
+    x = x ^ (x >> _S30)
+    x = x * _C1
+    x = x ^ (x >> _S27)
+    x = x * _C2
+    return x ^ (x >> _S31)
+
+
+@nb.njit(inline="always")
+def entity_key_nb(seed, kind, uid, stream):
+    """Scalar :func:`entity_key` (numba); arguments must be non-negative integers."""
+    base = mix64_nb(np.uint64(seed) * GOLDEN + np.uint64(kind) + (np.uint64(stream) << _S16))
+    return mix64_nb(base ^ (np.uint64(uid) * UID_MULT))
+
+
+@nb.njit(inline="always")
+def hash64_nb(key, counter):
+    return mix64_nb(np.uint64(key) + np.uint64(counter) * GOLDEN)
+
+
+@nb.njit(inline="always")
+def uniform01_nb(key, counter):
+    """Scalar :func:`uniform01` (numba), bit-identical to the NumPy version."""
+    h = mix64_nb(np.uint64(key) + np.uint64(counter) * GOLDEN)
+    return (np.float64(h >> _S12) + 0.5) * _INV52
+
+
+@nb.njit(inline="always")
+def inverse_normal_cdf_nb(u):
+    """Scalar :func:`inverse_normal_cdf` (numba), same operation order as the NumPy version."""
+    if _P_LOW <= u <= _P_HIGH:
+        q = u - 0.5
+        r = q * q
+        return ((((((_A[0] * r + _A[1]) * r + _A[2]) * r + _A[3]) * r + _A[4]) * r + _A[5]) * q
+                / (((((_B[0] * r + _B[1]) * r + _B[2]) * r + _B[3]) * r + _B[4]) * r + 1.0))
+    t = np.sqrt(-2.0 * np.log(min(u, 1.0 - u)))
+    tail = ((((((_C[0] * t + _C[1]) * t + _C[2]) * t + _C[3]) * t + _C[4]) * t + _C[5])
+            / ((((_D[0] * t + _D[1]) * t + _D[2]) * t + _D[3]) * t + 1.0))
+    return tail if u < _P_LOW else -tail
+
+
+@nb.njit(inline="always")
+def normal_nb(key, counter):
+    """Scalar :func:`normal` (numba)."""
+    return inverse_normal_cdf_nb(uniform01_nb(key, counter))
