@@ -59,6 +59,13 @@ class Topology:
         per_row = self.racks_per_row * self.servers_per_rack
         return sum(per_row * self.deployments_per_server(r) for r in range(self.rows))
 
+    def deployments_before_rack(self, rack_uid: int) -> int:
+        """Number of deployments in racks ``0 .. rack_uid - 1`` (site order position)."""
+        full_rows, rack_in_row = divmod(int(rack_uid), self.racks_per_row)
+        per_rack = [self.servers_per_rack * self.deployments_per_server(r) for r in range(self.rows)]
+        return (sum(per_rack[r] * self.racks_per_row for r in range(full_rows))
+                + (per_rack[full_rows] * rack_in_row if full_rows < self.rows else 0))
+
     def rack_row(self, rack_uid: int) -> int:
         return rack_uid // self.racks_per_row
 

@@ -216,12 +216,12 @@ def _streams():
 
 
 def _fill(writer: PartWriter, scale: float = 1.0) -> dict[str, np.ndarray]:
-    rows = (np.arange(30, dtype=np.float64).reshape(10, 3) * scale)
-    racks = np.full((2, 4), 7.5 * scale, dtype=np.float32)
+    rows = (np.arange(30, dtype=np.int64).reshape(10, 3) * int(scale))
+    racks = np.full((2, 4), 75 * int(scale), dtype=np.int32)
     writer.write("rows_0.25", 0, rows[:4])
-    writer.write("rows_0.25", 4, rows[4:].astype(np.float32))
+    writer.write("rows_0.25", 4, rows[4:].astype(np.int32))
     writer.write("racks_60", 0, racks)
-    return {"rows_0.25": rows, "racks_60": racks.astype(np.float64)}
+    return {"rows_0.25": rows, "racks_60": racks.astype(np.int64)}
 
 
 def test_part_writer_round_trip(tmp_path):
@@ -237,7 +237,7 @@ def test_part_writer_round_trip(tmp_path):
         values, ids = open_part(tmp_path, 3, name)
         np.testing.assert_array_equal(values, want)
         np.testing.assert_array_equal(ids, _streams()[name][0])
-        assert values.dtype == np.float64 and not values.flags.writeable
+        assert values.dtype == np.int64 and not values.flags.writeable
     assert all(not n.startswith(".") for n in _names(tmp_path))
 
 
@@ -255,7 +255,7 @@ def test_part_writer_retry_is_idempotent(tmp_path):
 def test_part_writer_abort_leaves_no_files(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         with PartWriter(tmp_path, 1, _streams()) as w:
-            w.write("rows_0.25", 0, np.ones((2, 3)))
+            w.write("rows_0.25", 0, np.ones((2, 3), dtype=np.int64))
             raise RuntimeError("boom")
     assert _names(tmp_path) == set()
     w = PartWriter(tmp_path, 2, _streams())
@@ -276,15 +276,16 @@ def test_part_writer_abort_keeps_an_earlier_commit(tmp_path):
 
 def test_part_writer_checks(tmp_path):
     with PartWriter(tmp_path, 0, _streams()) as w:
+        ones = np.ones((2, 3), dtype=np.int64)
         with pytest.raises(ValueError, match="shape"):
-            w.write("rows_0.25", 0, np.ones((2, 2)))
+            w.write("rows_0.25", 0, np.ones((2, 2), dtype=np.int64))
         with pytest.raises(ValueError, match="outside"):
-            w.write("rows_0.25", 9, np.ones((2, 3)))
-        with pytest.raises(TypeError, match="float"):
-            w.write("rows_0.25", 0, np.ones((2, 3), dtype=np.int64))
+            w.write("rows_0.25", 9, ones)
+        with pytest.raises(TypeError, match="integer"):
+            w.write("rows_0.25", 0, np.ones((2, 3)))
         with pytest.raises(KeyError):
-            w.write("nope", 0, np.ones((2, 3)))
-        w.write("rows_0.25", 0, np.ones((10, 3)))
+            w.write("nope", 0, ones)
+        w.write("rows_0.25", 0, np.ones((10, 3), dtype=np.int64))
         with pytest.raises(ValueError, match="never written"):
             w.commit({})  # racks_60 unwritten
     assert _names(tmp_path) == set()
@@ -321,7 +322,7 @@ def test_completed_shards_ignores_half_written(tmp_path):
 
 def test_empty_stream(tmp_path):
     with PartWriter(tmp_path, 0, {"rows_1": (np.array([], dtype=np.int64), 4)}) as w:
-        w.write("rows_1", 0, np.zeros((4, 0)))
+        w.write("rows_1", 0, np.zeros((4, 0), dtype=np.int64))
         w.commit({})
     values, ids = open_part(tmp_path, 0, "rows_1")
     assert values.shape == (4, 0) and ids.size == 0

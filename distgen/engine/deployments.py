@@ -191,10 +191,15 @@ class DeploymentBatch:
                                              gamma_q)
         self._first_gap_drawn = True
 
-    def advance(self, step0: int, n_steps: int, target_w: np.ndarray, *,
+    def advance(self, step0: int, n_steps: int, target_mw: np.ndarray, *,
                 synthetic: SyntheticArrivals | None = None, replay: ReplayArrivals | None = None,
-                deployment_w: np.ndarray | None = None) -> None:
-        """Run steps ``[step0, step0 + n_steps)``, adding power into ``target_w[:, :n_steps]``."""
+                deployment_mw: np.ndarray | None = None) -> None:
+        """Run steps ``[step0, step0 + n_steps)``.
+
+        Adds each deployment's power [mW, integer] into its row of ``target_mw`` (int64,
+        (n_targets, n_steps), C-contiguous) and, if given, stores it in ``deployment_mw`` (int32,
+        (D, n_steps)).
+        """
         if (synthetic is None) == (replay is None):
             raise ValueError("give exactly one of synthetic or replay arrivals")
         empty_f = np.zeros((1, 1), np.float32)
@@ -212,8 +217,8 @@ class DeploymentBatch:
             mode = MODE_REPLAY
             syn = (np.zeros(self.n_deployments), empty_f, 0, 1, np.zeros(0))
             rep = (replay.offsets, replay.step, replay.input_tokens, replay.output_tokens)
-        if deployment_w is None:
-            deployment_w = np.zeros((0, 0), np.float32)
+        if deployment_mw is None:
+            deployment_mw = np.zeros((0, 0), np.int32)
         m = self.models
         fleet_kernel(
             int(step0), int(n_steps), self.interval_s,
@@ -223,7 +228,7 @@ class DeploymentBatch:
             mode, *syn, *rep,
             self.serving_state.arrays(), self.state, self.power_w, self.running_prev,
             self.pending, self.have_pending, self.op_time, self.next_arrival, self.n_arrived,
-            self.replay_ptr, target_w, deployment_w, self.stats)
+            self.replay_ptr, target_mw, deployment_mw, self.stats)
 
 
 def replay_power(model: PowerModel, arrival_s, input_tokens, output_tokens, n_steps: int,
@@ -236,8 +241,8 @@ def replay_power(model: PowerModel, arrival_s, input_tokens, output_tokens, n_st
     packed = PackedModels.pack([model])
     batch = DeploymentBatch(packed, [0], [deployment_uid], [0], seed,
                             queue_capacity=max(len(arrival_s), 16), interval_s=model.interval_s)
-    out = np.zeros((1, n_steps))
+    out = np.zeros((1, n_steps), np.int64)
     batch.advance(0, n_steps, out,
                   replay=ReplayArrivals.single(arrival_s, input_tokens, output_tokens,
                                                model.interval_s))
-    return out[0]
+    return out[0] / 1000.0

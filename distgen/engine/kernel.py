@@ -86,18 +86,20 @@ def fleet_kernel(step0, n_steps, interval_s,
                  replay_offsets, replay_step, replay_in, replay_out,
                  sv, chain_state, power, running_prev, pending, have_pending,
                  op_time, next_arrival, n_arrived, replay_ptr,
-                 target_w, deployment_w, stats):
+                 target_mw, deployment_mw, stats):
     """Advance every deployment by ``n_steps`` steps starting at global step ``step0``.
 
-    Adds each deployment's power [W] into ``target_w[dep_target[d], j]`` (float64, typically its
-    server) and, when ``deployment_w`` has rows, stores it there (float32). ``sv`` (the
+    Adds each deployment's power, rounded to integer milliwatts, into
+    ``target_mw[dep_target[d], j]`` (int64, typically its server) and, when ``deployment_mw`` has
+    rows, stores it there (int32). Integer sums are exact, so every later reduction gives the
+    same bits however the fleet is cut and in whatever order parts are added. ``sv`` (the
     ServingState arrays) and the other per-deployment arrays are carried state, updated in
     place. The loop keeps one deployment's state in locals for the whole chunk.
     """
     (sv_iters, sv_heap, sv_heap_n, sv_pre_tokens, sv_pre_out, sv_pre_head, sv_pre_n,
      sv_pre_total, sv_wait_in, sv_wait_out, sv_wait_head, sv_wait_n, sv_dropped) = sv
     n_dep = state_key.shape[0]
-    want_dep = deployment_w.shape[0] > 0
+    want_dep = deployment_mw.shape[0] > 0
     synthetic = mode == MODE_SYNTHETIC
     for d in range(n_dep):
         m = dep_model[d]
@@ -172,9 +174,10 @@ def fleet_kernel(step0, n_steps, interval_s,
                 p = mean_w[m, nxt] + std_w[m, nxt] * z
                 s = nxt
             p = min(max(p, lo), hi)
-            target_w[dep_target[d], j] += p
+            mw = np.int64(p * 1000.0 + 0.5)  # p >= 0: round to the nearest milliwatt
+            target_mw[dep_target[d], j] += mw
             if want_dep:
-                deployment_w[d, j] = p
+                deployment_mw[d, j] = mw
             sum_running += cur_running
             sum_prefill += cur_prefill
             sum_decode += cur_decode

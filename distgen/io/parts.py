@@ -3,7 +3,7 @@
 Layout inside a run's ``.parts/`` folder, for shard ``i`` and stream ``name`` (e.g.
 ``rows_0.25`` = row power at 0.25 s, ``racks_60`` = rack power at 60 s)::
 
-    shard-{i:05d}.{name}.npy     float64 (n_steps, n_entities), row t = time step t [W]
+    shard-{i:05d}.{name}.npy     int64 (n_steps, n_entities), row t = time step t
     shard-{i:05d}.json           done marker, written LAST: summary + streams' shapes and ids
 
 Data files are written under hidden temporary names and renamed when the shard commits; the
@@ -44,15 +44,16 @@ def stream_path(parts_dir: str | Path, shard_index: int, name: str) -> Path:
 
 
 class PartWriter:
-    """Writes one shard's streams as float64 ``.npy`` memmaps, committed all at once.
+    """Writes one shard's streams as int64 ``.npy`` memmaps, committed all at once.
 
     Parameters
     ----------
     parts_dir : the run's ``.parts/`` folder (created if missing).
     shard_index : non-negative shard number.
     streams : stream name -> (entity_ids int64 (n_entities,), n_steps). Each stream gets a
-        float64 (n_steps, n_entities) array; values are power [W] (or whatever the caller's
-        summary documents), row ``t`` = time step ``t`` of the stream's grid.
+        int64 (n_steps, n_entities) array, row ``t`` = time step ``t`` of the stream's grid.
+        Integers because the pipeline stores exact milliwatt block sums: integer sums do not
+        depend on the order they are added in, so any cut of the fleet gives the same result.
 
     Notes
     -----
@@ -92,7 +93,7 @@ class PartWriter:
                 self._shape[name] = shape
                 self._final[name] = final
                 self._tmp[name] = tmp
-                self._maps[name] = open_memmap(tmp, mode="w+", dtype=np.float64, shape=shape)
+                self._maps[name] = open_memmap(tmp, mode="w+", dtype=np.int64, shape=shape)
                 self._written[name] = np.zeros(shape[0], dtype=bool)
         except BaseException:
             self.abort()
@@ -100,15 +101,14 @@ class PartWriter:
 
     # ------------------------------------------------------------------ writing
     def write(self, name: str, step0: int, block: np.ndarray) -> None:
-        """Store ``block`` (n_t, n_entities), float32 or float64, at steps [step0, step0+n_t)."""
+        """Store ``block`` (n_t, n_entities), an integer array, at steps [step0, step0+n_t)."""
         if self._done:
             raise RuntimeError("PartWriter is already committed or aborted")
         if name not in self._maps:
             raise KeyError(f"unknown stream {name!r}; streams: {sorted(self._maps)}")
         block = np.asarray(block)
-        if block.dtype not in (np.float32, np.float64):
-            raise TypeError(f"stream {name!r}: block must be float32 or float64, "
-                            f"got {block.dtype}")
+        if not np.issubdtype(block.dtype, np.integer):
+            raise TypeError(f"stream {name!r}: block must be an integer array, got {block.dtype}")
         n_steps, n_ent = self._shape[name]
         if block.ndim != 2 or block.shape[1] != n_ent:
             raise ValueError(f"stream {name!r}: block shape {block.shape}, expected "
@@ -156,7 +156,7 @@ class PartWriter:
             streams_doc[name] = {
                 "file": self._final[name].name,
                 "shape": list(self._shape[name]),
-                "dtype": "float64",
+                "dtype": "int64",
                 "entity_ids": self._entity_ids[name].tolist(),
             }
         fsync_dir(self.parts_dir)
@@ -192,7 +192,7 @@ class PartWriter:
 # ---------------------------------------------------------------------- reading
 
 def _npy_matches(path: Path, shape: tuple[int, int]) -> bool:
-    """True when ``path`` is a float64 C-order .npy of ``shape`` with all its data bytes."""
+    """True when ``path`` is an int64 C-order .npy of ``shape`` with all its data bytes."""
     try:
         with open(path, "rb") as fh:
             version = read_magic(fh)
@@ -202,7 +202,7 @@ def _npy_matches(path: Path, shape: tuple[int, int]) -> bool:
         size = os.path.getsize(path)
     except (OSError, ValueError):
         return False
-    if tuple(got_shape) != tuple(shape) or fortran or dtype != np.dtype(np.float64):
+    if tuple(got_shape) != tuple(shape) or fortran or dtype != np.dtype(np.int64):
         return False
     return size == data_start + 8 * int(np.prod(shape, dtype=np.int64))
 
@@ -262,7 +262,7 @@ def open_part(parts_dir: str | Path, shard_index: int,
 
     Returns
     -------
-    values : read-only float64 memmap (n_steps, n_entities).
+    values : read-only int64 memmap (n_steps, n_entities).
     entity_ids : int64 (n_entities,).
 
     Raises
@@ -283,7 +283,7 @@ def open_part(parts_dir: str | Path, shard_index: int,
     rec = streams[name]
     path = stream_path(folder, shard_index, name)
     if not _npy_matches(path, tuple(rec["shape"])):
-        raise DistgenError(f"{path}: missing or not a float64 array of shape "
+        raise DistgenError(f"{path}: missing or not an int64 array of shape "
                            f"{tuple(rec['shape'])} (damaged part; rerun without --resume)")
     values = np.load(path, mmap_mode="r")
     return values, np.asarray(rec["entity_ids"], dtype=np.int64)

@@ -1,0 +1,172 @@
+"""Assemble committed shard parts into the run's output files and summary.
+
+The site is the sum of every shard's (partial) row sums; rows cut by a shard boundary are summed
+across shards; racks, servers and deployments are concatenated. All sums are integer
+milliwatts until the final conversion to mean watts, so the result is the same for any shard
+count. Reads are windowed over time so memory stays bounded for long runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+
+from distgen.config.validate import start_hour_of_day
+from distgen.engine.resample import MW_PER_W, coarsen_sums
+from distgen.errors import DistgenError
+from distgen.io.csvout import write_site_csv
+from distgen.io.parts import completed_shards, open_part
+from distgen.io.series import SeriesWriter
+from distgen.pipeline import INTERVAL_S, RunPlan
+
+WINDOW_ELEMENTS = 1 << 21
+ENTITY_COLUMN = {"rows": "row_id", "racks": "rack_id", "servers": "server_id",
+                 "deployments": "deployment_id"}
+FIFTEEN_MIN_STEPS = 3600
+
+
+def resolution_label(seconds: float) -> str:
+    """``0.25 -> '0.25s'``, ``60.0 -> '60s'``."""
+    return f"{seconds:g}s"
+
+
+def pue_per_block(plan: RunPlan, factor: int, n_blocks: int) -> np.ndarray:
+    """PUE of each block of ``factor`` steps: constant, or the hourly profile at the block start
+    (site local hour of day)."""
+    f = plan.config.facility
+    if f.pue_hourly is None:
+        return np.full(n_blocks, f.pue)
+    hours = start_hour_of_day(plan.config) + np.arange(n_blocks) * factor * INTERVAL_S / 3600.0
+    return np.asarray(f.pue_hourly)[np.floor(hours).astype(np.int64) % 24]
+
+
+def _check_parts(plan: RunPlan, parts_dir: Path) -> None:
+    done = completed_shards(parts_dir)
+    missing = [s.index for s in plan.shards if s.index not in done]
+    if missing:
+        raise DistgenError(f"shards {missing} have no committed results in {parts_dir}")
+    for s in plan.shards:
+        summary = done[s.index].get("summary", {})
+        if (summary.get("rack_start"), summary.get("rack_stop")) != (s.rack_start, s.rack_stop):
+            raise DistgenError(f"shard {s.index} in {parts_dir} covers other racks than this "
+                               "plan; the folder holds parts of another run")
+
+
+def _windows(n_blocks: int, n_entities: int):
+    step = max(1, WINDOW_ELEMENTS // max(n_entities, 1))
+    for a in range(0, n_blocks, step):
+        yield a, min(n_blocks, a + step)
+
+
+def _site_sums(plan: RunPlan, parts_dir: Path) -> np.ndarray:
+    name = f"rows_{plan.site_factor}"
+    total = np.zeros(plan.n_steps // plan.site_factor, np.int64)
+    for s in plan.shards:
+        values, _ = open_part(parts_dir, s.index, name)
+        for a, b in _windows(values.shape[0], values.shape[1]):
+            total[a:b] += np.asarray(values[a:b]).sum(axis=1)
+        del values
+    return total
+
+
+def _series_stats(power_w: np.ndarray, resolution_s: float) -> dict:
+    mean = float(power_w.mean())
+    peak = float(power_w.max())
+    return {"energy_j": float(power_w.sum() * resolution_s), "mean_w": mean, "peak_w": peak,
+            "min_w": float(power_w.min()), "peak_to_average": peak / mean if mean > 0 else None}
+
+
+def _write_site(plan: RunPlan, out: Path, site_sums: np.ndarray, grid: dict) -> tuple[list, dict]:
+    cfg = plan.config
+    feed = plan.site_factor
+    it_feed_w = site_sums / (feed * MW_PER_W)
+    facility_feed_w = it_feed_w * pue_per_block(plan, feed, it_feed_w.size)
+    files, stats = [], {}
+    targets = [(f, "parquet") for f in plan.site_factors]
+    if cfg.output.site_csv_resolution_s is not None:
+        targets.append((int(round(cfg.output.site_csv_resolution_s / INTERVAL_S)), "csv"))
+    for factor, kind in targets:
+        ratio = factor // feed
+        it_w = coarsen_sums(site_sums, ratio) / (factor * MW_PER_W)
+        facility_w = coarsen_sums(facility_feed_w, ratio) / ratio
+        resolution_s = factor * INTERVAL_S
+        time_s = np.arange(it_w.size) * resolution_s
+        label = resolution_label(resolution_s)
+        if kind == "csv":
+            path = out / f"site_{label}.csv"
+            write_site_csv(path, start_time=cfg.start_time, time_s=time_s, interval_s=resolution_s,
+                           it_power_w=it_w, facility_power_w=facility_w)
+            files.append({"path": path.name, "level": "site", "resolution_s": resolution_s,
+                          "format": "csv"})
+            continue
+        with SeriesWriter(out / f"site_{label}.parquet", level="site", resolution_s=resolution_s,
+                          value_columns=["it_power_w", "facility_power_w"], entity_column=None,
+                          units={"it_power_w": "W", "facility_power_w": "W"}, grid=grid) as w:
+            w.write(time_s, {"it_power_w": it_w, "facility_power_w": facility_w})
+            info = w.close()
+        files.append({**info, "resolution_s": resolution_s, "format": "parquet"})
+        stats[label] = {"it": _series_stats(it_w, resolution_s),
+                        "facility": _series_stats(facility_w, resolution_s)}
+    if FIFTEEN_MIN_STEPS % feed == 0 and plan.n_steps >= 2 * FIFTEEN_MIN_STEPS:
+        ratio = FIFTEEN_MIN_STEPS // feed
+        quarter_w = coarsen_sums(facility_feed_w, ratio) / ratio
+        stats["max_15min_ramp_w"] = float(np.abs(np.diff(quarter_w)).max())
+    return files, stats
+
+
+def _write_level(plan: RunPlan, out: Path, parts_dir: Path, level: str, factor: int, grid: dict):
+    name = f"{level}_{factor}"
+    parts = [open_part(parts_dir, s.index, name) for s in plan.shards]
+    ids = np.unique(np.concatenate([p[1] for p in parts]))
+    columns = [np.searchsorted(ids, p[1]) for p in parts]
+    n_blocks = plan.n_steps // factor
+    resolution_s = factor * INTERVAL_S
+    peak = np.zeros(ids.size)
+    energy_j = 0.0
+    path = out / f"{level}_{resolution_label(resolution_s)}.parquet"
+    with SeriesWriter(path, level=level, resolution_s=resolution_s, value_columns=["power_w"],
+                      entity_column=ENTITY_COLUMN[level], units={"power_w": "W"},
+                      grid=grid) as w:
+        for a, b in _windows(n_blocks, ids.size):
+            total = np.zeros((b - a, ids.size), np.int64)
+            for (values, _), col in zip(parts, columns):
+                total[:, col] += np.asarray(values[a:b])
+            power_w = total / (factor * MW_PER_W)
+            w.write(np.arange(a, b) * resolution_s, {"power_w": power_w}, entity_ids=ids)
+            peak = np.maximum(peak, power_w.max(axis=0))
+            energy_j += float(power_w.sum() * resolution_s)
+        info = w.close()
+    del parts
+    stats = {"entities": int(ids.size), "energy_j": energy_j, "max_peak_w": float(peak.max()),
+             "mean_peak_w": float(peak.mean())}
+    return {**info, "resolution_s": resolution_s, "format": "parquet"}, stats
+
+
+def assemble(plan: RunPlan, out: Path) -> tuple[list[dict], dict]:
+    """Write every output file of the run from ``out/.parts``; return (files, summary)."""
+    parts_dir = out / ".parts"
+    _check_parts(plan, parts_dir)
+    grid = {"start_time": plan.config.start_time, "interval_s": INTERVAL_S,
+            "n_steps": plan.n_steps}
+    files, site_stats = _write_site(plan, out, _site_sums(plan, parts_dir), grid)
+    summary = {"site": site_stats}
+    for level, factor in plan.level_factors.items():
+        info, stats = _write_level(plan, out, parts_dir, level, factor, grid)
+        files.append(info)
+        summary[level] = stats
+    shard_summaries = [m["summary"] for _, m in sorted(completed_shards(parts_dir).items())]
+    keys = ("deployment_steps", "requests_arrived", "requests_dropped", "requests_waiting_at_end",
+            "prefill_tokens", "decode_tokens")
+    summary["workload"] = {k: sum(s[k] for s in shard_summaries) for k in keys}
+    summary["workload"]["mean_running_per_deployment"] = (
+        sum(s["mean_running_per_deployment"] * s["deployments"] for s in shard_summaries)
+        / plan.n_deployments)
+    summary["shards"] = [{k: s[k] for k in ("shard", "rack_start", "rack_stop", "deployments",
+                                            "wall_s")} for s in shard_summaries]
+    return files, summary
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()

@@ -1,0 +1,107 @@
+"""Run a generation end to end: plan -> shards -> assemble -> manifest.
+
+Shards are executed by an *executor*: :func:`run_shards_local` (one process, one shard after
+another) or the Ray executor in :mod:`distgen.distributed`. Everything else is shared, so the
+output is identical whichever executor ran the shards.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Callable
+
+import distgen
+from distgen.assembly import assemble, utc_now
+from distgen.config import config_hash, config_to_dict
+from distgen.config.schema import RunConfig
+from distgen.io.outdir import finalize_output_dir, parts_dir, prepare_output_dir
+from distgen.io.parts import completed_shards
+from distgen.model.artifact import ModelLibrary
+from distgen.pipeline import INTERVAL_S, ReplayRequests, RunPlan, plan_run, run_shard
+from distgen.topology import Shard
+
+Executor = Callable[..., None]
+
+UNITS = {"power": "W", "energy": "J", "time": "s", "time_s": "seconds since start_time"}
+
+
+def run_shards_local(plan: RunPlan, shards: list[Shard], library: ModelLibrary, parts: Path,
+                     replay: ReplayRequests | None, progress=None) -> None:
+    """Run shards one after another in this process."""
+    for shard in shards:
+        run_shard(plan, shard, library, parts, replay_requests=replay,
+                  progress=None if progress is None else progress.advance)
+        if progress is not None:
+            progress.shard_done()
+
+
+def shards_to_run(plan: RunPlan, parts: Path) -> list[Shard]:
+    """Shards without a committed result for this very configuration and rack range."""
+    done = completed_shards(parts)
+    want = config_hash(plan.config)
+    todo = []
+    for s in plan.shards:
+        summary = done.get(s.index, {}).get("summary", {})
+        if (summary.get("config_hash") != want
+                or (summary.get("rack_start"), summary.get("rack_stop")) != (s.rack_start, s.rack_stop)):
+            todo.append(s)
+    return todo
+
+
+def build_manifest(plan: RunPlan, library: ModelLibrary, files: list, summary: dict,
+                   execution: dict) -> dict:
+    cfg = plan.config
+    t = plan.topology
+    used = sorted(set(t.row_serving))
+    return {
+        "format": "distgen.run",
+        "distgen_version": distgen.__version__,
+        "created_at": utc_now(),
+        "seed": cfg.seed,
+        "config_hash": config_hash(cfg),
+        "config": config_to_dict(cfg),
+        "model_library": {
+            "source": library.source, "version": library.version,
+            "models": {c: {"fitted_at": library[c].provenance.get("fitted_at"),
+                           "runs": [r["run_id"] for r in library[c].provenance.get("runs", [])],
+                           "tdp_w": library[c].tdp_w, "idle_w": library[c].idle_w}
+                       for c in used}},
+        "topology": {"rows": t.rows, "racks": t.n_racks, "servers": t.n_servers,
+                     "gpus": t.n_gpus, "deployments": t.n_deployments,
+                     "row_serving": list(t.row_serving)},
+        "grid": {"start_time": cfg.start_time, "interval_s": INTERVAL_S,
+                 "n_steps": plan.n_steps, "duration_s": cfg.duration_s},
+        "units": UNITS,
+        "files": files,
+        "summary": summary,
+        "execution": {**execution, "shards": len(plan.shards), "python": platform.python_version()},
+    }
+
+
+def generate(config: RunConfig, out_dir: str | Path, *, library: ModelLibrary | None = None,
+             overwrite: bool = False, resume: bool = False, executor: Executor | None = None,
+             progress=None, execution: dict | None = None) -> dict:
+    """Generate the run described by ``config`` into ``out_dir``; return the manifest.
+
+    With ``resume``, shards already committed for the same configuration are kept and only the
+    rest run. The manifest is written last: a folder with ``manifest.json`` is complete.
+    """
+    library = library or ModelLibrary.load(config.model_library)
+    plan = plan_run(config, library)
+    replay = ReplayRequests.build(plan, library) if config.traffic.mode == "replay" else None
+    out = prepare_output_dir(out_dir, overwrite=overwrite, resume=resume)
+    parts = parts_dir(out)
+    todo = shards_to_run(plan, parts) if resume else list(plan.shards)
+    if progress is not None:
+        progress.start(plan, todo)
+    (executor or run_shards_local)(plan, todo, library, parts, replay, progress)
+    if progress is not None:
+        progress.finish()
+    files, summary = assemble(plan, out)
+    manifest = build_manifest(plan, library, files, summary,
+                              {"executor": "local" if executor is None else "ray",
+                               "resumed_shards": len(plan.shards) - len(todo),
+                               **(execution or {})})
+    finalize_output_dir(out, manifest)
+    return manifest

@@ -1,0 +1,38 @@
+"""Hierarchical sums: deployment -> server (+ non-GPU power) -> rack -> row, integer milliwatts.
+
+Every array here is int64 milliwatts with time on the last axis; integer sums are exact, so a
+parent always equals the sum of its children, bit for bit, however the fleet was cut.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from distgen.engine.resample import MW_PER_W
+
+
+def non_gpu_mw(gpu_mw: np.ndarray, idle_gpu_w: np.ndarray, tdp_gpu_w: np.ndarray,
+               idle_w: float, activity_w: float) -> np.ndarray:
+    """Server power outside the GPUs [mW]: ``idle_w + activity_w * activity``.
+
+    Parameters
+    ----------
+    gpu_mw : int64 (n_servers, n_steps) [mW] the server's GPU power.
+    idle_gpu_w, tdp_gpu_w : (n_servers,) [W] the server's summed GPU idle and nameplate power.
+    idle_w, activity_w : [W] constant part and the part that follows GPU activity, where
+        activity = (GPU power - GPU idle) / (GPU TDP - GPU idle), clipped to [0, 1].
+    """
+    if activity_w == 0.0:
+        return np.full(gpu_mw.shape, int(round(idle_w * MW_PER_W)), np.int64)
+    span = np.maximum(tdp_gpu_w - idle_gpu_w, 1e-9)[:, None]
+    activity = np.clip((gpu_mw / MW_PER_W - idle_gpu_w[:, None]) / span, 0.0, 1.0)
+    return np.rint((idle_w + activity_w * activity) * MW_PER_W).astype(np.int64)
+
+
+def sum_groups(children_mw: np.ndarray, group_of_child: np.ndarray) -> np.ndarray:
+    """Sum rows of ``children_mw`` that share a group; groups are contiguous and ascending.
+
+    Returns (n_groups, n_steps) int64 in ascending group order.
+    """
+    starts = np.flatnonzero(np.r_[True, group_of_child[1:] != group_of_child[:-1]])
+    return np.add.reduceat(children_mw, starts, axis=0)

@@ -1,0 +1,313 @@
+"""The shard contract: plan a run, generate one shard, persist its partial aggregates.
+
+Plain functions, no Ray: ``distributed/`` wraps :func:`run_shard` in tasks and the local driver
+calls it in a loop. A shard is a contiguous rack range; it streams through time in chunks,
+carrying every deployment's state, and keeps only integer-milliwatt block sums of its servers,
+racks and (partial) rows at the output resolutions, so memory is O(deployments + chunk) and the
+result does not depend on how the fleet was cut.
+
+Contract for later consumers (GPU backend, planner analyses): a committed shard is a set of
+int64 ``(n_blocks, n_entities)`` arrays named ``<level>_<factor>`` (block sums in mW over
+``factor`` steps of 0.25 s) plus a JSON summary; :mod:`distgen.assembly` turns them into the
+output files.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from functools import cached_property, reduce
+from typing import Callable, Iterator
+
+import numpy as np
+
+from distgen.config.schema import RunConfig
+from distgen.config.validate import expand_row_serving, start_hour_of_day, validate
+from distgen.engine.deployments import (DeploymentBatch, PackedModels, ReplayArrivals,
+                                        SyntheticArrivals, gamma_gap_quantiles)
+from distgen.engine.kernel import S_ARRIVED, S_DECODE_TOKENS, S_PREFILL_TOKENS, S_RUNNING_SUM
+from distgen.engine.reduce import non_gpu_mw, sum_groups
+from distgen.engine.resample import BlockSummer
+from distgen.model.artifact import ModelLibrary
+from distgen.topology import Shard, Topology, plan_shards
+from distgen.workload.rates import rate_multipliers, rate_state_init
+
+INTERVAL_S = 0.25
+#: Chunk steps are capped so that one chunk's (servers x steps) int64 array stays near this.
+CHUNK_ELEMENTS = 1 << 22
+LEVELS = ("rows", "racks", "servers", "deployments")
+
+ProgressFn = Callable[[int], None]
+
+
+def steps_of(seconds: float) -> int:
+    return int(round(seconds / INTERVAL_S))
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A validated run: topology, shards, time grid and which streams each shard persists.
+
+    ``site_factor`` is the resolution (in steps) at which shards persist partial row sums for
+    the site: the greatest common divisor of the site resolutions, so each of them is a whole
+    number of feed blocks. ``level_factors`` holds the resolution of every entity level that is
+    written.
+    """
+
+    config: RunConfig
+    topology: Topology
+    shards: tuple[Shard, ...]
+    n_steps: int
+    site_factors: tuple[int, ...]
+    site_factor: int
+    level_factors: dict[str, int] = field(default_factory=dict)
+    library_version: str = ""
+
+    @property
+    def stream_names(self) -> list[str]:
+        names = {f"rows_{self.site_factor}"}
+        names.update(f"{lvl}_{f}" for lvl, f in self.level_factors.items())
+        return sorted(names)
+
+    @cached_property
+    def n_deployments(self) -> int:
+        return self.topology.n_deployments
+
+    @property
+    def deployment_steps(self) -> int:
+        return self.n_deployments * self.n_steps
+
+
+def plan_run(config: RunConfig, library: ModelLibrary) -> RunPlan:
+    """Validate ``config`` against the model library and lay out topology, shards and streams."""
+    validate(config, known_serving=library.tp_by_config)
+    row_serving = expand_row_serving(config)
+    f = config.facility
+    topology = Topology(f.rows, f.racks_per_row, f.servers_per_rack, f.gpus_per_server,
+                        row_serving, tuple(library[c].tp for c in row_serving))
+    out = config.output
+    site_factors = tuple(steps_of(r) for r in out.site_resolutions_s)
+    levels = {"rows": out.rows_resolution_s, "racks": out.racks_resolution_s,
+              "servers": out.servers_resolution_s, "deployments": out.deployments_resolution_s}
+    return RunPlan(
+        config=config, topology=topology, shards=tuple(plan_shards(topology, config.shards)),
+        n_steps=steps_of(config.duration_s), site_factors=site_factors,
+        site_factor=reduce(math.gcd, site_factors),
+        level_factors={lvl: steps_of(r) for lvl, r in levels.items() if r is not None},
+        library_version=library.version)
+
+
+@dataclass(frozen=True)
+class ShardChunk:
+    """One time chunk of a shard at 0.25 s: int64 milliwatts, (entities, steps).
+
+    ``rows`` covers only the racks of the shard (a row cut by a shard boundary is partial).
+    """
+
+    step0: int
+    servers: np.ndarray
+    racks: np.ndarray
+    rows: np.ndarray
+    deployments: np.ndarray | None
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.servers.shape[1])
+
+
+class ShardGenerator:
+    """Iterates over the time chunks of one shard (see :class:`ShardChunk`).
+
+    After the iteration, :meth:`summary` describes the shard's workload.
+    """
+
+    def __init__(self, plan: RunPlan, shard: Shard, library: ModelLibrary,
+                 replay_requests: "ReplayRequests | None" = None):
+        cfg = plan.config
+        t = plan.topology
+        self.plan = plan
+        self.shard = shard
+        self.fleet = fleet = t.fleet(shard.rack_start, shard.rack_stop)
+        configs = sorted({t.row_serving[r] for r in np.unique(fleet.deployment_row)})
+        models = [library[c] for c in configs]
+        row_model = {r: configs.index(t.row_serving[r]) for r in np.unique(fleet.deployment_row)}
+        model_index = np.array([row_model[r] for r in fleet.deployment_row], np.int32)
+        self.batch = DeploymentBatch(PackedModels.pack(models), model_index, fleet.deployment_uid,
+                                     fleet.deployment_server_index, cfg.seed,
+                                     interval_s=INTERVAL_S)
+        dep_idle = np.array([models[i].idle_w for i in model_index])
+        dep_tdp = np.array([models[i].tdp_w for i in model_index])
+        n_srv = fleet.n_servers
+        self.server_idle_w = np.bincount(fleet.deployment_server_index, dep_idle, n_srv)
+        self.server_tdp_w = np.bincount(fleet.deployment_server_index, dep_tdp, n_srv)
+        self.server_rack = fleet.server_uid // t.servers_per_rack
+        self.rack_row = fleet.rack_uid // t.racks_per_row
+        self.want_deployments = "deployments" in plan.level_factors
+        self.chunk_steps = max(16, min(steps_of(cfg.chunk_s),
+                                       CHUNK_ELEMENTS // max(n_srv, 1),
+                                       plan.n_steps))
+        traffic = cfg.traffic
+        self.replay = None
+        if traffic.mode == "replay":
+            self.replay = replay_requests.for_shard(t, shard)
+        else:
+            self.base_rps = np.full(fleet.n_deployments, traffic.site_rate_rps / t.n_deployments)
+            self.gamma_q = gamma_gap_quantiles(traffic.burstiness if traffic.arrivals == "gamma"
+                                               else 1.0)
+            self.steps_per_interval = steps_of(traffic.modulation.interval_s)
+            self.rate_state = rate_state_init(traffic, fleet, cfg.seed)
+            self.start_hour = start_hour_of_day(cfg)
+            self._rate_cache: tuple[int, np.ndarray] | None = None
+
+    def _rate_columns(self, k_lo: int, k_hi: int) -> np.ndarray:
+        """Rate multipliers for modulation intervals k_lo..k_hi (consecutive calls overlap by
+        at most one interval, the lookahead step's)."""
+        cols = []
+        k = k_lo
+        if self._rate_cache is not None and self._rate_cache[0] == k_lo:
+            cols.append(self._rate_cache[1])
+            k += 1
+        if k <= k_hi:
+            mult, self.rate_state = rate_multipliers(self.plan.config.traffic, self.fleet,
+                                                     self.plan.config.seed, self.rate_state, k,
+                                                     k_hi - k + 1, self.start_hour)
+            cols.append(mult)
+        out = np.concatenate(cols, axis=1) if len(cols) > 1 else cols[0]
+        self._rate_cache = (k_hi, out[:, -1:].copy())
+        return out
+
+    def __iter__(self) -> Iterator[ShardChunk]:
+        cfg = self.plan.config
+        non_gpu = cfg.facility.non_gpu
+        for step0 in range(0, self.plan.n_steps, self.chunk_steps):
+            n = min(self.chunk_steps, self.plan.n_steps - step0)
+            servers = np.zeros((self.fleet.n_servers, n), np.int64)
+            deployments = (np.zeros((self.fleet.n_deployments, n), np.int32)
+                           if self.want_deployments else None)
+            if self.replay is not None:
+                self.batch.advance(step0, n, servers, replay=self.replay, deployment_mw=deployments)
+            else:
+                spi = self.steps_per_interval
+                k_lo, k_hi = step0 // spi, (step0 + n) // spi
+                arrivals = SyntheticArrivals(self.base_rps, self._rate_columns(k_lo, k_hi), k_lo,
+                                             spi, self.gamma_q)
+                self.batch.advance(step0, n, servers, synthetic=arrivals,
+                                   deployment_mw=deployments)
+            servers += non_gpu_mw(servers, self.server_idle_w, self.server_tdp_w,
+                                  non_gpu.idle_w, non_gpu.activity_w)
+            racks = sum_groups(servers, self.server_rack)
+            rows = sum_groups(racks, self.rack_row)
+            yield ShardChunk(step0, servers, racks, rows, deployments)
+
+    def summary(self) -> dict:
+        b = self.batch
+        steps = self.plan.n_steps
+        return {
+            "deployments": self.fleet.n_deployments,
+            "servers": self.fleet.n_servers,
+            "deployment_steps": self.fleet.n_deployments * steps,
+            "requests_arrived": int(b.stats[:, S_ARRIVED].sum()),
+            "requests_dropped": int(b.serving_state.dropped.sum()),
+            "requests_waiting_at_end": int(b.serving_state.wait_n.sum()),
+            "mean_running_per_deployment": float(b.stats[:, S_RUNNING_SUM].sum()
+                                                 / max(self.fleet.n_deployments * steps, 1)),
+            "prefill_tokens": float(b.stats[:, S_PREFILL_TOKENS].sum()),
+            "decode_tokens": float(b.stats[:, S_DECODE_TOKENS].sum()),
+        }
+
+
+def shard_streams(plan: RunPlan, shard: Shard) -> dict[str, tuple[np.ndarray, int]]:
+    """Stream name -> (entity ids, number of blocks) that a shard persists."""
+    fleet = plan.topology.fleet(shard.rack_start, shard.rack_stop)
+    ids = {"rows": fleet.row_uid, "racks": fleet.rack_uid, "servers": fleet.server_uid,
+           "deployments": fleet.deployment_uid}
+    out = {}
+    for name in plan.stream_names:
+        level, factor = name.rsplit("_", 1)
+        out[name] = (ids[level], plan.n_steps // int(factor))
+    return out
+
+
+def run_shard(plan: RunPlan, shard: Shard, library: ModelLibrary, parts_dir,
+              *, replay_requests: "ReplayRequests | None" = None,
+              progress: ProgressFn | None = None) -> dict:
+    """Generate one shard and commit its streams under ``parts_dir`` (idempotent on retry).
+
+    Returns the shard's summary (also stored in its done marker).
+    """
+    from distgen.io.parts import PartWriter  # io owns the files; imported where used
+
+    t0 = time.perf_counter()
+    gen = ShardGenerator(plan, shard, library, replay_requests)
+    streams = shard_streams(plan, shard)
+    summers = {name: BlockSummer(ids.size, int(name.rsplit("_", 1)[1]))
+               for name, (ids, _) in streams.items()}
+    written = dict.fromkeys(streams, 0)
+    with PartWriter(parts_dir, shard.index, streams) as writer:
+        for chunk in gen:
+            for name, summer in summers.items():
+                sums = summer.push(getattr(chunk, name.rsplit("_", 1)[0]))
+                if sums.shape[1]:
+                    writer.write(name, written[name], sums.T)
+                    written[name] += sums.shape[1]
+            if progress is not None:
+                progress(gen.fleet.n_deployments * chunk.n_steps)
+        summary = {**gen.summary(), "shard": shard.index, "rack_start": shard.rack_start,
+                   "rack_stop": shard.rack_stop, "wall_s": time.perf_counter() - t0,
+                   "config_hash": plan_config_hash(plan)}
+        writer.commit(summary)
+    return summary
+
+
+def plan_config_hash(plan: RunPlan) -> str:
+    from distgen.config import config_hash
+    return config_hash(plan.config)
+
+
+@dataclass(frozen=True)
+class ReplayRequests:
+    """A request trace mapped onto the run and routed to every deployment of the site.
+
+    Built once per run (every shard would compute the same routing); shards take their part
+    with :meth:`for_shard`.
+    """
+
+    routes: np.ndarray
+    arrival_s: np.ndarray
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+
+    @classmethod
+    def build(cls, plan: RunPlan, library: ModelLibrary) -> "ReplayRequests":
+        from distgen.io.trace import read_request_trace
+        from distgen.workload.routing import expand_trace, route_requests
+
+        cfg = plan.config
+        replay = cfg.traffic.replay
+        arrival, n_in, n_out = read_request_trace(replay.path)
+        arrival, n_in, n_out = expand_trace(arrival, n_in, n_out, replay, cfg.duration_s,
+                                            cfg.seed)
+        t = plan.topology
+        fleet = t.fleet()
+        service = None
+        if replay.routing == "least_loaded":
+            serving = [library[t.row_serving[r]].serving for r in fleet.deployment_row]
+            service = (np.array([s.prefill_s_per_token for s in serving]),
+                       np.array([s.step_base_s for s in serving]))
+        routes = route_requests(arrival, n_in, n_out, n_deployments=t.n_deployments,
+                                routing=replay.routing, seed=cfg.seed,
+                                service_s_per_token=service)
+        return cls(routes, arrival, n_in, n_out)
+
+    def for_shard(self, topology: Topology, shard: Shard) -> ReplayArrivals:
+        from distgen.workload.routing import requests_for_deployments
+
+        first = topology.deployments_before_rack(shard.rack_start)
+        last = topology.deployments_before_rack(shard.rack_stop)
+        csr = requests_for_deployments(self.routes, self.arrival_s, self.input_tokens,
+                                       self.output_tokens, np.arange(first, last))
+        step = np.floor(csr.arrival_s / INTERVAL_S).astype(np.int64)
+        return ReplayArrivals(csr.offsets.astype(np.int64), step,
+                              csr.input_tokens.astype(np.int32),
+                              csr.output_tokens.astype(np.int32))
