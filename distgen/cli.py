@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
-from collections import defaultdict
-from pathlib import Path
+import os
 
-from distgen import __version__
-from distgen.errors import DistgenError
+# Fitting runs many small matrix products where BLAS threads only add overhead, and distgen
+# parallelises across processes (Ray); set before NumPy is first imported.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from distgen import __version__  # noqa: E402
+from distgen.errors import DistgenError  # noqa: E402
 
 
 def _table(rows: list[list], header: list[str]) -> str:
@@ -162,6 +169,40 @@ def cmd_generate(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ sweep / bench
+
+def cmd_sweep(args) -> int:
+    from distgen.distributed.sweep import run_sweep
+    from distgen.sweep import format_sweep, load_sweep
+
+    spec = load_sweep(args.sweep)
+    out = args.out or spec.out or str(Path("sweeps") / Path(args.sweep).stem)
+    rows, _ = run_sweep(spec, out, resume=args.resume, executor=args.executor,
+                        address=args.address, log=None if args.quiet else sys.stderr)
+    if not args.quiet:
+        print(format_sweep(rows, spec))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from distgen.distributed.bench import bench_config, format_bench, run_bench
+
+    config_path, overrides = args.config, list(args.overrides)
+    if config_path is not None and "=" in config_path and not Path(config_path).exists():
+        config_path, overrides = None, [config_path, *overrides]  # only overrides were given
+    if args.backend:
+        overrides.append(f"backend={args.backend}")
+    if args.address:
+        overrides.append(f"ray.address={args.address}")
+    config = bench_config(config_path, overrides, args.seconds)
+    result = run_bench(config, executor=args.executor, num_cpus=args.num_cpus,
+                       warmup=not args.no_warmup)
+    print(format_bench(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,11 +242,46 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backend", choices=("numpy", "cupy", "auto"), default=None)
     g.add_argument("--quiet", action="store_true", help="no progress line and no summary")
     g.set_defaults(func=cmd_generate)
+
+    sw = sub.add_parser("sweep", help="run a parameter sweep (one generation per point)")
+    sw.add_argument("sweep", help="sweep file (YAML): base, grid, samples, concurrency")
+    sw.add_argument("--out", default=None,
+                    help="sweep folder (default: the file's 'out', else sweeps/<name>)")
+    sw.add_argument("--resume", action="store_true",
+                    help="keep finished points, continue interrupted ones")
+    sw.add_argument("--executor", choices=("ray", "local"), default="ray",
+                    help="one Ray task per point (default) or points one by one here")
+    sw.add_argument("--address", default=None,
+                    help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    sw.add_argument("--quiet", action="store_true", help="no progress lines and no table")
+    sw.set_defaults(func=cmd_sweep)
+
+    b = sub.add_parser("bench", help="measure generation throughput on this backend/executor")
+    b.add_argument("config", nargs="?", default=None,
+                   help="run configuration (default: built-in 512-GPU facility, 10 min)")
+    b.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    b.add_argument("--executor", choices=("ray", "local"), default="ray")
+    b.add_argument("--seconds", type=float, default=None,
+                   help="simulated duration_s of the run (default: 600, or the config's)")
+    b.add_argument("--address", default=None, help="Ray cluster to join")
+    b.add_argument("--num-cpus", type=int, default=None,
+                   help="CPUs of a local Ray started for the bench (default: all)")
+    b.add_argument("--backend", choices=("numpy", "cupy", "auto"), default=None)
+    b.add_argument("--no-warmup", action="store_true",
+                   help="include worker start-up and kernel loading in the measurement")
+    b.add_argument("--json", default=None, help="also write the figures as JSON")
+    b.set_defaults(func=cmd_bench)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may come after options; anything else left over is an error
+    if extra:
+        if not hasattr(args, "overrides") or any(a.startswith("-") or "=" not in a for a in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
     try:
         return args.func(args)
     except DistgenError as exc:

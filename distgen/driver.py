@@ -13,6 +13,7 @@ from typing import Callable
 
 import distgen
 from distgen.assembly import assemble, utc_now
+from distgen.backend import resolve_backend
 from distgen.config import config_hash, config_to_dict
 from distgen.config.schema import RunConfig
 from distgen.io.outdir import finalize_output_dir, parts_dir, prepare_output_dir
@@ -75,7 +76,9 @@ def build_manifest(plan: RunPlan, library: ModelLibrary, files: list, summary: d
         "units": UNITS,
         "files": files,
         "summary": summary,
-        "execution": {**execution, "shards": len(plan.shards), "python": platform.python_version()},
+        "execution": {**execution, "shards": len(plan.shards),
+                      "backend": resolve_backend(cfg.backend),
+                      "python": platform.python_version()},
     }
 
 

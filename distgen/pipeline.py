@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from distgen.backend import resolve_backend
 from distgen.config.schema import RunConfig
 from distgen.config.validate import expand_row_serving, start_hour_of_day, validate
 from distgen.engine.deployments import (DeploymentBatch, PackedModels, ReplayArrivals,
@@ -82,6 +83,7 @@ class RunPlan:
 def plan_run(config: RunConfig, library: ModelLibrary) -> RunPlan:
     """Validate ``config`` against the model library and lay out topology, shards and streams."""
     validate(config, known_serving=library.tp_by_config)
+    resolve_backend(config.backend)
     row_serving = expand_row_serving(config)
     f = config.facility
     topology = Topology(f.rows, f.racks_per_row, f.servers_per_rack, f.gpus_per_server,
@@ -148,9 +150,10 @@ class ShardGenerator:
                                        CHUNK_ELEMENTS // max(n_srv, 1),
                                        plan.n_steps))
         traffic = cfg.traffic
+        self.warmup_steps = steps_of(cfg.warmup_s)
         self.replay = None
         if traffic.mode == "replay":
-            self.replay = replay_requests.for_shard(t, shard)
+            self.replay = replay_requests.for_shard(t, shard, self.warmup_steps)
         else:
             self.base_rps = np.full(fleet.n_deployments, traffic.site_rate_rps / t.n_deployments)
             self.gamma_q = gamma_gap_quantiles(traffic.burstiness if traffic.arrivals == "gamma"
@@ -177,28 +180,38 @@ class ShardGenerator:
         self._rate_cache = (k_hi, out[:, -1:].copy())
         return out
 
+    def _advance(self, step0: int, n: int, servers: np.ndarray, deployments) -> None:
+        """Kernel steps [step0, step0 + n); kernel step = warm-up steps + output step."""
+        w = self.warmup_steps
+        if self.replay is not None:
+            self.batch.advance(step0, n, servers, replay=self.replay, deployment_mw=deployments,
+                               count_from_step=w)
+            return
+        spi = self.steps_per_interval
+        k_lo, k_hi = max(step0 - w, 0) // spi, max(step0 + n - w, 0) // spi
+        arrivals = SyntheticArrivals(self.base_rps, self._rate_columns(k_lo, k_hi), k_lo, spi,
+                                     self.gamma_q, w)
+        self.batch.advance(step0, n, servers, synthetic=arrivals, deployment_mw=deployments,
+                           count_from_step=w)
+
     def __iter__(self) -> Iterator[ShardChunk]:
         cfg = self.plan.config
         non_gpu = cfg.facility.non_gpu
-        for step0 in range(0, self.plan.n_steps, self.chunk_steps):
-            n = min(self.chunk_steps, self.plan.n_steps - step0)
+        w = self.warmup_steps
+        for step0 in range(0, w, self.chunk_steps):  # warm-up: run, keep nothing
+            n = min(self.chunk_steps, w - step0)
+            self._advance(step0, n, np.zeros((self.fleet.n_servers, n), np.int64), None)
+        for out0 in range(0, self.plan.n_steps, self.chunk_steps):
+            n = min(self.chunk_steps, self.plan.n_steps - out0)
             servers = np.zeros((self.fleet.n_servers, n), np.int64)
             deployments = (np.zeros((self.fleet.n_deployments, n), np.int32)
                            if self.want_deployments else None)
-            if self.replay is not None:
-                self.batch.advance(step0, n, servers, replay=self.replay, deployment_mw=deployments)
-            else:
-                spi = self.steps_per_interval
-                k_lo, k_hi = step0 // spi, (step0 + n) // spi
-                arrivals = SyntheticArrivals(self.base_rps, self._rate_columns(k_lo, k_hi), k_lo,
-                                             spi, self.gamma_q)
-                self.batch.advance(step0, n, servers, synthetic=arrivals,
-                                   deployment_mw=deployments)
+            self._advance(w + out0, n, servers, deployments)
             servers += non_gpu_mw(servers, self.server_idle_w, self.server_tdp_w,
                                   non_gpu.idle_w, non_gpu.activity_w)
             racks = sum_groups(servers, self.server_rack)
             rows = sum_groups(racks, self.rack_row)
-            yield ShardChunk(step0, servers, racks, rows, deployments)
+            yield ShardChunk(out0, servers, racks, rows, deployments)
 
     def summary(self) -> dict:
         b = self.batch
@@ -300,14 +313,15 @@ class ReplayRequests:
                                 service_s_per_token=service)
         return cls(routes, arrival, n_in, n_out)
 
-    def for_shard(self, topology: Topology, shard: Shard) -> ReplayArrivals:
+    def for_shard(self, topology: Topology, shard: Shard, step_offset: int = 0) -> ReplayArrivals:
+        """The shard's requests; arrival steps are shifted by ``step_offset`` warm-up steps."""
         from distgen.workload.routing import requests_for_deployments
 
         first = topology.deployments_before_rack(shard.rack_start)
         last = topology.deployments_before_rack(shard.rack_stop)
         csr = requests_for_deployments(self.routes, self.arrival_s, self.input_tokens,
                                        self.output_tokens, np.arange(first, last))
-        step = np.floor(csr.arrival_s / INTERVAL_S).astype(np.int64)
+        step = np.floor(csr.arrival_s / INTERVAL_S).astype(np.int64) + step_offset
         return ReplayArrivals(csr.offsets.astype(np.int64), step,
                               csr.input_tokens.astype(np.int32),
                               csr.output_tokens.astype(np.int32))

@@ -98,11 +98,13 @@ def validate_configuration(runs: list[RunTrace], model: PowerModel | None, *,
     measured, per_seed = [], [[] for _ in range(seeds)]
     base = defaultdict(list)
     halves = []
+    run_ids = []
     for fold in folds:
         fold_model = fit_power_model(fold.train, seed=fit_seed) if fold.train else model
         for run, a, b in fold.test:
             y = run.power_w[a:b]
             measured.append(y)
+            run_ids.append(run.run_id)
             for s in range(seeds):
                 per_seed[s].append(regenerate(fold_model, run, s)[a:b])
             for name, series in _baseline_series(fold_model, run).items():
@@ -115,8 +117,12 @@ def validate_configuration(runs: list[RunTrace], model: PowerModel | None, *,
               "held_out_samples": int(sum(y.size for y in measured)), **_clean(ours),
               "baselines": {name: _clean(score_windows(measured, series))
                             for name, series in base.items()},
-              "diagnostics": {"measured_acf_r2_between_halves":
-                              float(np.mean(halves)) if halves else None}}
+              "diagnostics": {
+                  "measured_acf_r2_between_halves": float(np.mean(halves)) if halves else None,
+                  "energy_err_pct_per_run": {
+                      rid: float(np.median([metrics.energy_error_pct(measured[i], g[i])
+                                            for g in per_seed]))
+                      for i, rid in enumerate(run_ids)}}}
     return result
 
 

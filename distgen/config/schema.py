@@ -173,9 +173,12 @@ class RunConfig:
 
     ``start_time`` is the site-local ISO-8601 time of the first step (sets the hour of day for
     the diurnal shape and the hourly PUE). ``chunk_s`` is the length of the time chunks that
-    generation streams through (memory is O(deployments x chunk), not O(duration)); it must be a
-    multiple of every output resolution. ``shards`` is how many pieces the fleet is cut into (on
-    row boundaries where possible, else on rack boundaries).
+    generation streams through (memory is O(deployments x chunk), not O(duration)).
+    ``warmup_s`` runs the fleet for that long before the first output step, at the traffic of
+    the start time, so queues and power states start from a loaded steady state rather than an
+    all-idle fleet (whose synchronised start would be a spurious site-wide ramp). ``shards`` is
+    how many pieces the fleet is cut into (on row boundaries where possible, else on rack
+    boundaries).
     """
 
     seed: int = 0
@@ -184,6 +187,7 @@ class RunConfig:
     backend: str = "auto"
     shards: int = 1
     chunk_s: float = 3600.0
+    warmup_s: float = 600.0
     model_library: str | None = None
     facility: FacilityConfig = field(default_factory=FacilityConfig)
     traffic: TrafficConfig = field(default_factory=TrafficConfig)

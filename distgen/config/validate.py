@@ -191,13 +191,12 @@ def validate(cfg: RunConfig, *, known_serving: Mapping[str, int] | None = None) 
         if not _is_multiple(duration, float(r)):
             raise ConfigError(key, f"resolution {r!r} s must divide duration_s = {duration:g} s")
 
-    # ---- chunking (after the resolutions, so a bad resolution is reported by its own key)
-    chunk = _step_multiple("chunk_s", cfg.chunk_s)
-    for key, r in output_resolutions(cfg).items():
-        if not _is_multiple(chunk, float(r)):
-            raise ConfigError("chunk_s",
-                              f"must be a multiple of every output resolution; {chunk:g} s is "
-                              f"not a multiple of {key} = {r!r} s")
+    # ---- chunking: any length works (block sums carry across chunks)
+    _step_multiple("chunk_s", cfg.chunk_s)
+    warmup = _num("warmup_s", cfg.warmup_s)
+    if warmup < 0 or not _is_multiple(warmup, STEP_S):
+        raise ConfigError("warmup_s", f"must be 0 or a positive multiple of {STEP_S} s, "
+                          f"got {cfg.warmup_s!r}")
 
     # ---- ray
     ray = cfg.ray

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import gammaincinv
+from scipy.special import gammaincinv, ndtr
 
 from distgen.engine.kernel import MODE_REPLAY, MODE_SYNTHETIC, N_STATS, fleet_kernel
 from distgen.engine.rng import KIND_DEPLOYMENT, KIND_REQUEST, entity_key, uniform01
@@ -13,6 +13,9 @@ from distgen.model.artifact import PowerModel
 from distgen.workload.serving import N_FEATURES, ServingState
 
 GAMMA_TABLE_SIZE = 4097
+#: Latent normal grid of the state power tables (the kernel interpolates linearly on it).
+Z_MIN, Z_STEP = -4.5, 0.05
+Z_GRID = Z_MIN + Z_STEP * np.arange(181)
 TOKEN_TABLE_SIZE = 1025
 DEFAULT_QUEUE_CAPACITY = 4096
 
@@ -24,10 +27,9 @@ class PackedModels:
     ids: tuple[str, ...]
     table_cum: np.ndarray   # (M, K, cells, K) cumulative transition probabilities
     n_states: np.ndarray    # (M,) int32
-    mean_w: np.ndarray      # (M, K)
-    std_w: np.ndarray       # (M, K)
-    std_eps_w: np.ndarray   # (M, K) innovation std of the AR(1): std * sqrt(1 - phi^2)
-    phi: np.ndarray         # (M, K)
+    power_of_z: np.ndarray  # (M, K, Z) [W] state power at the latent normal grid Z_GRID
+    phi: np.ndarray         # (M, K) latent AR(1) coefficient
+    innovation: np.ndarray  # (M, K) sqrt(1 - phi^2)
     clamp_w: np.ndarray     # (M, 2)
     serving: np.ndarray     # (M, 5) ServingParams.as_array()
     tok_in: np.ndarray      # (M, Q) input-token quantiles
@@ -46,23 +48,21 @@ class PackedModels:
         k = max(m.k for m in models)
         n_cells = grid.n_cells
         table = np.ones((n_m, k, n_cells, k))
-        mean = np.zeros((n_m, k))
-        std = np.ones((n_m, k))
+        power_of_z = np.zeros((n_m, k, Z_GRID.size))
         phi = np.zeros((n_m, k))
         tok_in = np.ones((n_m, TOKEN_TABLE_SIZE))
         tok_out = np.ones((n_m, TOKEN_TABLE_SIZE))
         for i, m in enumerate(models):
             km = m.k
             table[i, :km, :, :km] = _stay_first_cumulative(m.transition_table)
-            mean[i, :km] = m.states.mean_w
-            std[i, :km] = m.states.std_w
+            power_of_z[i, :km] = _power_of_z(m.state_quantiles_w)
             phi[i, :km] = m.ar1_phi
             tok_in[i] = _fine_quantiles(m.tokens.input_tokens)
             tok_out[i] = _fine_quantiles(m.tokens.output_tokens)
         return cls(
             ids=tuple(m.config_id for m in models), table_cum=table,
-            n_states=np.array([m.k for m in models], np.int32), mean_w=mean, std_w=std,
-            std_eps_w=std * np.sqrt(1.0 - phi ** 2), phi=phi,
+            n_states=np.array([m.k for m in models], np.int32), power_of_z=power_of_z,
+            phi=phi, innovation=np.sqrt(1.0 - phi ** 2),
             clamp_w=np.array([m.clamp_w for m in models], np.float64),
             serving=np.stack([m.serving.as_array() for m in models]),
             tok_in=tok_in, tok_out=tok_out,
@@ -75,6 +75,13 @@ class PackedModels:
 
     def seq_capacity(self) -> int:
         return int(self.serving[:, 4].max())
+
+
+def _power_of_z(quantiles_w: np.ndarray) -> np.ndarray:
+    """(K, Z) power [W] = Q_s(Phi(z)) on Z_GRID, from (K, n) quantiles at linspace(0, 1, n)."""
+    p = np.linspace(0.0, 1.0, quantiles_w.shape[1])
+    u = ndtr(Z_GRID)
+    return np.stack([np.interp(u, p, q) for q in quantiles_w])
 
 
 def _fine_quantiles(quantiles: np.ndarray) -> np.ndarray:
@@ -113,8 +120,10 @@ class SyntheticArrivals:
     """Inputs of the synthetic arrival process for one chunk.
 
     ``rate_mult`` (D, n_intervals) multiplies ``base_rps`` (D,) [req/s]; column ``i`` is
-    modulation interval ``rate_k0 + i`` of ``steps_per_interval`` steps each; it must cover every
-    interval from that of ``step0`` to that of ``step0 + n_steps`` (one step of lookahead).
+    modulation interval ``rate_k0 + i`` of ``steps_per_interval`` steps each. Kernel step k uses
+    interval ``max(k - step_offset, 0) // steps_per_interval`` (steps before ``step_offset`` are
+    warm-up and use interval 0); the columns must cover every interval from that of ``step0`` to
+    that of ``step0 + n_steps`` (one step of lookahead).
     """
 
     base_rps: np.ndarray
@@ -122,6 +131,7 @@ class SyntheticArrivals:
     rate_k0: int
     steps_per_interval: int
     gamma_q: np.ndarray
+    step_offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -166,7 +176,7 @@ class DeploymentBatch:
         self.req_key = entity_key(seed, KIND_REQUEST, uid)
         self.serving_state = ServingState.empty(n, models.seq_capacity(), queue_capacity)
         self.state = np.zeros(n, np.int64)
-        self.power_w = np.zeros(n)
+        self.latent_z = np.zeros(n)
         self.running_prev = np.zeros(n)
         self.pending = np.zeros((n, N_FEATURES))
         self.have_pending = np.zeros(n, np.bool_)
@@ -176,6 +186,7 @@ class DeploymentBatch:
         self.replay_ptr = np.zeros(n, np.int64)
         self.stats = np.zeros((n, N_STATS))
         self._first_gap_drawn = False
+        self._replay_started = False
 
     @property
     def n_deployments(self) -> int:
@@ -193,12 +204,13 @@ class DeploymentBatch:
 
     def advance(self, step0: int, n_steps: int, target_mw: np.ndarray, *,
                 synthetic: SyntheticArrivals | None = None, replay: ReplayArrivals | None = None,
-                deployment_mw: np.ndarray | None = None) -> None:
+                deployment_mw: np.ndarray | None = None, count_from_step: int = 0) -> None:
         """Run steps ``[step0, step0 + n_steps)``.
 
         Adds each deployment's power [mW, integer] into its row of ``target_mw`` (int64,
         (n_targets, n_steps), C-contiguous) and, if given, stores it in ``deployment_mw`` (int32,
-        (D, n_steps)).
+        (D, n_steps)). Statistics (``stats``, dropped requests) count only requests arriving
+        at, and steps from, ``count_from_step`` on (warm-up steps are not counted).
         """
         if (synthetic is None) == (replay is None):
             raise ValueError("give exactly one of synthetic or replay arrivals")
@@ -211,11 +223,15 @@ class DeploymentBatch:
             mode = MODE_SYNTHETIC
             syn = (np.asarray(synthetic.base_rps, np.float64),
                    np.asarray(synthetic.rate_mult, np.float32), int(synthetic.rate_k0),
-                   int(synthetic.steps_per_interval), np.asarray(synthetic.gamma_q, np.float64))
+                   int(synthetic.steps_per_interval), int(synthetic.step_offset),
+                   np.asarray(synthetic.gamma_q, np.float64))
             rep = (np.zeros(self.n_deployments + 1, np.int64), empty_i, empty_i32, empty_i32)
         else:
+            if not self._replay_started:  # each deployment reads its own CSR row
+                self.replay_ptr[:] = replay.offsets[:-1]
+                self._replay_started = True
             mode = MODE_REPLAY
-            syn = (np.zeros(self.n_deployments), empty_f, 0, 1, np.zeros(0))
+            syn = (np.zeros(self.n_deployments), empty_f, 0, 1, 0, np.zeros(0))
             rep = (replay.offsets, replay.step, replay.input_tokens, replay.output_tokens)
         if deployment_mw is None:
             deployment_mw = np.zeros((0, 0), np.int32)
@@ -223,12 +239,13 @@ class DeploymentBatch:
         fleet_kernel(
             int(step0), int(n_steps), self.interval_s,
             self.state_key, self.req_key, self.model_index, self.target_index,
-            m.table_cum, m.n_states, m.mean_w, m.std_w, m.std_eps_w, m.phi, m.clamp_w, m.serving,
+            m.table_cum, m.n_states, m.power_of_z, Z_MIN, 1.0 / Z_STEP, m.phi, m.innovation,
+            m.clamp_w, m.serving,
             m.tok_in, m.tok_out, m.running_bin, m.prefill_th, m.n_prefill_bins,
             mode, *syn, *rep,
-            self.serving_state.arrays(), self.state, self.power_w, self.running_prev,
+            self.serving_state.arrays(), self.state, self.latent_z, self.running_prev,
             self.pending, self.have_pending, self.op_time, self.next_arrival, self.n_arrived,
-            self.replay_ptr, target_mw, deployment_mw, self.stats)
+            self.replay_ptr, target_mw, deployment_mw, self.stats, int(count_from_step))
 
 
 def replay_power(model: PowerModel, arrival_s, input_tokens, output_tokens, n_steps: int,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from distgen.engine.jit import cached_njit
 from distgen.engine.rng import normal_nb, uniform01_nb
 from distgen.workload.serving import enqueue, serve_step
 
@@ -77,16 +78,18 @@ def _next_state(table_cum, m, s, cell, k_states, u):
     return i - 1 if i - 1 < s else i
 
 
-@nb.njit(cache=True)
+@cached_njit("distgen.workload.serving", "distgen.engine.rng")
 def fleet_kernel(step0, n_steps, interval_s,
                  state_key, req_key, dep_model, dep_target,
-                 table_cum, n_states, mean_w, std_w, std_eps_w, phi, clamp_w, serving,
+                 table_cum, n_states, power_of_z, z_min, z_inv_step, phi, innovation,
+                 clamp_w, serving,
                  tok_in, tok_out, running_bin, prefill_th, n_prefill_bins,
-                 mode, base_rps, rate_mult, rate_k0, steps_per_interval, gamma_q,
+                 mode, base_rps, rate_mult, rate_k0, steps_per_interval, rate_step_offset,
+                 gamma_q,
                  replay_offsets, replay_step, replay_in, replay_out,
-                 sv, chain_state, power, running_prev, pending, have_pending,
+                 sv, chain_state, latent_z, running_prev, pending, have_pending,
                  op_time, next_arrival, n_arrived, replay_ptr,
-                 target_mw, deployment_mw, stats):
+                 target_mw, deployment_mw, stats, count_from_step):
     """Advance every deployment by ``n_steps`` steps starting at global step ``step0``.
 
     Adds each deployment's power, rounded to integer milliwatts, into
@@ -94,7 +97,8 @@ def fleet_kernel(step0, n_steps, interval_s,
     rows, stores it there (int32). Integer sums are exact, so every later reduction gives the
     same bits however the fleet is cut and in whatever order parts are added. ``sv`` (the
     ServingState arrays) and the other per-deployment arrays are carried state, updated in
-    place. The loop keeps one deployment's state in locals for the whole chunk.
+    place. The loop keeps one deployment's state in locals for the whole chunk. ``stats`` and
+    dropped requests count requests arriving at, and steps from, ``count_from_step`` on.
     """
     (sv_iters, sv_heap, sv_heap_n, sv_pre_tokens, sv_pre_out, sv_pre_head, sv_pre_n,
      sv_pre_total, sv_wait_in, sv_wait_out, sv_wait_head, sv_wait_n, sv_dropped) = sv
@@ -121,7 +125,8 @@ def fleet_kernel(step0, n_steps, interval_s,
         sum_decode = 0.0
 
         s = chain_state[d]
-        p = power[d]
+        zl = latent_z[d]
+        n_z = power_of_z.shape[2]
         cur_running, cur_prefill, cur_decode = pending[d, 0], pending[d, 1], pending[d, 2]
         prev_running = running_prev[d]
         j = 0 if have_pending[d] else -1
@@ -130,25 +135,27 @@ def fleet_kernel(step0, n_steps, interval_s,
             # step-0 workload is computed first (j = -1) and becomes the current step
             k_next = step0 + j + 1
             if synthetic:
-                op += base_rps[d] * rate_mult[d, k_next // steps_per_interval - rate_k0] \
-                    * interval_s
+                col = max(k_next - rate_step_offset, 0) // steps_per_interval - rate_k0
+                op += base_rps[d] * rate_mult[d, col] * interval_s
                 while op >= next_arr:
                     u_in = uniform01_nb(rkey, np.uint64(3 * arrived + 1))
                     u_out = uniform01_nb(rkey, np.uint64(3 * arrived + 2))
                     wait_n, lost = enqueue(wait_in, wait_out, wait_head, wait_n,
                                            _quantile_tokens(tok_in, m, u_in),
                                            _quantile_tokens(tok_out, m, u_out))
-                    dropped += lost
                     arrived += 1
-                    n_new += 1
+                    if k_next >= count_from_step:
+                        dropped += lost
+                        n_new += 1
                     next_arr += _gap(gamma_q, uniform01_nb(rkey, np.uint64(3 * arrived)))
             else:
                 while ptr < rep_end and replay_step[ptr] <= k_next:
                     wait_n, lost = enqueue(wait_in, wait_out, wait_head, wait_n,
                                            replay_in[ptr], replay_out[ptr])
-                    dropped += lost
                     ptr += 1
-                    n_new += 1
+                    if k_next >= count_from_step:
+                        dropped += lost
+                        n_new += 1
             (iters, heap_n, pre_head, pre_n, pre_total, wait_head, wait_n, nxt_prefill,
              nxt_decode, _it) = serve_step(heap, pre_tokens, pre_out, wait_in, wait_out, iters,
                                            heap_n, pre_head, pre_n, pre_total, wait_head,
@@ -159,7 +166,7 @@ def fleet_kernel(step0, n_steps, interval_s,
                 cur_running, cur_prefill, cur_decode = nxt_running, nxt_prefill, nxt_decode
                 prev_running = cur_running
                 s = 0
-                p = mean_w[m, 0]
+                zl = 0.0
                 j = 0
                 continue
             k = step0 + j
@@ -167,20 +174,25 @@ def fleet_kernel(step0, n_steps, interval_s,
                          running_bin, prefill_th, n_prefill_bins)
             nxt = _next_state(table_cum, m, s, cell, k_states,
                               uniform01_nb(skey, np.uint64(4 * k)))
-            z = normal_nb(skey, np.uint64(4 * k + 1))
+            eps = normal_nb(skey, np.uint64(4 * k + 1))
             if nxt == s:
-                p = mean_w[m, s] + phi[m, s] * (p - mean_w[m, s]) + std_eps_w[m, s] * z
+                zl = phi[m, s] * zl + innovation[m, s] * eps
             else:
-                p = mean_w[m, nxt] + std_w[m, nxt] * z
+                zl = eps
                 s = nxt
+            # power = Q_s(Phi(z)) from the state's table on the latent grid
+            pos = min(max((zl - z_min) * z_inv_step, 0.0), n_z - 1.000001)
+            i = int(pos)
+            p = power_of_z[m, s, i] + (pos - i) * (power_of_z[m, s, i + 1] - power_of_z[m, s, i])
             p = min(max(p, lo), hi)
             mw = np.int64(p * 1000.0 + 0.5)  # p >= 0: round to the nearest milliwatt
             target_mw[dep_target[d], j] += mw
             if want_dep:
                 deployment_mw[d, j] = mw
-            sum_running += cur_running
-            sum_prefill += cur_prefill
-            sum_decode += cur_decode
+            if k >= count_from_step:
+                sum_running += cur_running
+                sum_prefill += cur_prefill
+                sum_decode += cur_decode
             prev_running = cur_running
             cur_running, cur_prefill, cur_decode = nxt_running, nxt_prefill, nxt_decode
             j += 1
@@ -190,7 +202,7 @@ def fleet_kernel(step0, n_steps, interval_s,
         sv_dropped[d] += dropped
         op_time[d], next_arrival[d], n_arrived[d], replay_ptr[d] = op, next_arr, arrived, ptr
         chain_state[d] = s
-        power[d] = p
+        latent_z[d] = zl
         pending[d, 0], pending[d, 1], pending[d, 2] = cur_running, cur_prefill, cur_decode
         running_prev[d] = prev_running
         have_pending[d] = True

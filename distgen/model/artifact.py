@@ -51,7 +51,8 @@ class PowerModel:
     config_id, model_name, gpu, tp : the serving configuration.
     interval_s : [s] step of the model (0.25).
     states : power-state mixture (mean/std [W] per state, sorted by mean).
-    ar1_phi : (K,) per-state AR(1) coefficient.
+    state_quantiles_w : (K, n) [W] each state's power quantiles at ``linspace(0, 1, n)``.
+    ar1_phi : (K,) per-state AR(1) coefficient of the latent normal (see model.states).
     clamp_w : (low, high) [W] generated power bounds.
     transitions : workload-conditioned transition model.
     serving : serving-model parameters.
@@ -70,6 +71,7 @@ class PowerModel:
     tp: int
     interval_s: float
     states: GaussianMixture1D
+    state_quantiles_w: np.ndarray
     ar1_phi: np.ndarray
     clamp_w: tuple[float, float]
     transitions: TransitionModel
@@ -109,6 +111,7 @@ class PowerModel:
                 "mean_w": _floats(self.states.mean_w),
                 "std_w": _floats(self.states.std_w),
                 "weight": _floats(self.states.weight),
+                "quantiles_w": [_floats(q) for q in self.state_quantiles_w],
                 "ar1_phi": _floats(self.ar1_phi),
                 "log_likelihood": float(self.states.log_likelihood),
                 "n_samples": int(self.states.n_samples),
@@ -154,6 +157,9 @@ class PowerModel:
                                     np.asarray(t["feature_logits"], np.float64),
                                     float(t["ridge_lambda"]), mean)
             k = mean.shape[0]
+            if states.std_w.shape != (k,) or len(s["quantiles_w"]) != k or \
+                    len(s["ar1_phi"]) != k:
+                raise InputError(source, "per-state arrays do not match the number of states")
             if trans.intercepts.shape != (2, k) or trans.prev_logits.shape != (2, k, k) or \
                     trans.feature_logits.shape != (grid.n_features, k):
                 raise InputError(source, "transition logits do not match the number of states")
@@ -161,7 +167,8 @@ class PowerModel:
             return cls(
                 config_id=str(d["config_id"]), model_name=str(d["model_name"]),
                 gpu=str(d["gpu"]), tp=int(d["tp"]), interval_s=float(d["interval_s"]),
-                states=states, ar1_phi=np.asarray(s["ar1_phi"], np.float64),
+                states=states, state_quantiles_w=np.asarray(s["quantiles_w"], np.float64),
+                ar1_phi=np.asarray(s["ar1_phi"], np.float64),
                 clamp_w=(float(d["clamp_w"][0]), float(d["clamp_w"][1])),
                 transitions=trans, serving=ServingParams.from_dict(d["serving"]),
                 tokens=TokenQuantiles(np.asarray(tok["input_tokens_quantiles"], np.float64),

@@ -18,8 +18,9 @@ from distgen.errors import InputError
 from distgen.ingest.trace import RunTrace
 from distgen.model.artifact import GPU_TDP_W, PowerModel, TokenQuantiles
 from distgen.model.serving_fit import fit_serving, measured_running, run_workload
-from distgen.model.states import ar1_phi, select_mixture
-from distgen.model.transitions import FeatureGrid, TransitionData, fit_transitions
+from distgen.model.states import ar1_phi, latent_scores, select_mixture, state_quantiles
+from distgen.model.transitions import (FeatureGrid, TransitionData, calibrate,
+                                       fit_transitions)
 from distgen.workload.serving import (F_DECODE_TOKENS, F_ITERATIONS, F_PREFILL_TOKENS,
                                       F_RUNNING)
 
@@ -143,12 +144,17 @@ def fit_power_model(windows: list[Window], *, seed: int = 0) -> PowerModel:
     mixture, k_scores = select_mixture(all_power, K_CANDIDATES, rng)
     states = [mixture.assign(p) for p in power]
     bounds = np.cumsum([0] + [p.size for p in power])
-    phi = ar1_phi(all_power, np.concatenate(states), mixture.mean_w,
-                  segments=list(zip(bounds[:-1], bounds[1:])))
+    all_states = np.concatenate(states)
+    quantiles = state_quantiles(all_power, all_states, mixture)
+    phi = ar1_phi(latent_scores(all_power, all_states, mixture.k), all_states,
+                  np.zeros(mixture.k), segments=list(zip(bounds[:-1], bounds[1:])))
 
     grid = FeatureGrid()
     data, fold = _transition_data(windows, workloads, masks, states, grid)
     transitions = fit_transitions(data, fold, grid, mixture.mean_w)
+    sequences = [(grid.cells(w[:, F_RUNNING], w[:, F_PREFILL_TOKENS])[a:b], s, m[a:b])
+                 for (run, a, b), w, s, m in zip(windows, workloads, states, masks)]
+    transitions = calibrate(transitions, sequences, seed=seed)
 
     low, high = float(all_power.min()), float(all_power.max())
     span = high - low
@@ -176,7 +182,7 @@ def fit_power_model(windows: list[Window], *, seed: int = 0) -> PowerModel:
     }
     return PowerModel(
         config_id=first.config_id, model_name=first.model_name, gpu=first.gpu, tp=first.tp,
-        interval_s=first.interval_s, states=mixture, ar1_phi=phi,
+        interval_s=first.interval_s, states=mixture, state_quantiles_w=quantiles, ar1_phi=phi,
         clamp_w=(max(low - CLAMP_MARGIN * span, 0.0), high + CLAMP_MARGIN * span),
         transitions=transitions, serving=serving, tokens=tokens,
         tdp_w=float(tdp_per_gpu * first.tp),

@@ -1,10 +1,20 @@
-"""Power states: a 1-D Gaussian mixture over measured power, and per-state AR(1) persistence."""
+"""Power states: a 1-D Gaussian mixture over measured power, each state's own distribution of
+power, and per-state AR(1) persistence.
+
+The mixture finds the states; within a state, power is drawn from that state's empirical
+distribution through a Gaussian copula: a latent standard normal z follows the AR(1) while the
+state holds (z_t = phi z_{t-1} + sqrt(1 - phi^2) eps) and is drawn fresh when the state changes,
+and power = Q_s(Phi(z)) with Q_s the state's quantile function. For a Gaussian state this is
+exactly the AR(1) of MODEL.md; for the skewed prefill-spike states it keeps generated values
+where measured ones are (a wide Gaussian would spread them over the decode plateau).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import ndtri
 
 #: Variance floor [W^2]: keeps a component on a flat idle plateau from collapsing.
 VARIANCE_FLOOR_W2 = 0.25
@@ -117,6 +127,38 @@ def select_mixture(power_w: np.ndarray, k_candidates, rng: np.random.Generator,
     if best is None:
         raise ValueError(f"{n} power samples are too few to fit power states")
     return best, scores
+
+
+#: Probabilities at which each state's power quantiles are stored.
+QUANTILE_POINTS = 65
+#: Below this many samples a state's quantiles come from its Gaussian instead.
+MIN_EMPIRICAL_SAMPLES = 10
+
+
+def state_quantiles(power_w: np.ndarray, states: np.ndarray,
+                    mixture: GaussianMixture1D) -> np.ndarray:
+    """(K, QUANTILE_POINTS) [W] power quantiles of each state at ``linspace(0, 1, n)``."""
+    p = np.linspace(0.0, 1.0, QUANTILE_POINTS)
+    gauss = ndtri(np.clip(p, 1e-3, 1 - 1e-3))
+    out = np.empty((mixture.k, p.size))
+    for k in range(mixture.k):
+        x = np.asarray(power_w)[states == k]
+        if x.size >= MIN_EMPIRICAL_SAMPLES:
+            out[k] = np.quantile(x, p)
+        else:
+            out[k] = mixture.mean_w[k] + mixture.std_w[k] * gauss
+    return out
+
+
+def latent_scores(power_w: np.ndarray, states: np.ndarray, k: int) -> np.ndarray:
+    """Each sample's latent normal score within its state: Phi^-1((rank + 0.5) / n_state)."""
+    z = np.zeros(np.asarray(power_w).shape[0])
+    for s in range(k):
+        idx = np.flatnonzero(states == s)
+        if idx.size:
+            ranks = np.argsort(np.argsort(np.asarray(power_w)[idx], kind="stable"), kind="stable")
+            z[idx] = ndtri((ranks + 0.5) / idx.size)
+    return z
 
 
 def ar1_phi(power_w: np.ndarray, states: np.ndarray, mean_w: np.ndarray, *, min_run: int = 5,

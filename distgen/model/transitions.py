@@ -176,6 +176,56 @@ def _log_likelihood(model: TransitionModel, data: TransitionData) -> float:
     return float(np.log(table[data.prev, data.cell, data.nxt] + 1e-300).sum())
 
 
+def _simulate_occupancy(table: np.ndarray, sequences, replicas: int, rng) -> np.ndarray:
+    """Expected state counts per (design column, state) when the chain generates its own states
+    along the training cell sequences."""
+    k = table.shape[0]
+    cum = np.cumsum(table, axis=2)
+    return_counts = None
+    for cells, first_state, design in sequences:
+        n = cells.shape[0]
+        s = np.full(replicas, first_state)
+        counts = np.zeros((n, k))
+        u = rng.random((n, replicas))
+        for t in range(n):
+            row = cum[s, cells[t]]                       # (replicas, K)
+            s = np.minimum((u[t][:, None] > row).sum(axis=1), k - 1)
+            counts[t] = np.bincount(s, minlength=k) / replicas
+        contrib = design.T @ counts                      # (columns, K)
+        return_counts = contrib if return_counts is None else return_counts + contrib
+    return return_counts
+
+
+def calibrate(model: TransitionModel, sequences, *, iterations: int = 12, replicas: int = 32,
+              step: float = 1.0, seed: int = 0) -> TransitionModel:
+    """Adjust the intercepts so that the chain, generating its own states along the training
+    cell sequences, reproduces the observed state occupancy with and without work in flight.
+
+    Maximum likelihood matches one-step predictions given the *measured* previous state; a
+    generator feeds back its own states, and small per-step errors shift its occupancy (and so
+    its energy) by a percent or more. This simulated moment matching removes that bias.
+    ``sequences`` holds (cells, observed states, mask) per training window; steps outside the
+    mask (workload the request log cannot explain) are simulated but not counted.
+    """
+    rng = np.random.default_rng(seed)
+    _, work_cells = model.grid.cell_design()
+    k = model.state_mean_w.shape[0]
+    seqs, observed = [], 0.0
+    for cells, states, mask in sequences:
+        design = np.c_[(work_cells[cells] == 0), (work_cells[cells] == 1)]
+        design = design * np.asarray(mask, np.float64)[:, None]
+        seqs.append((cells, int(states[0]), design.astype(np.float64)))
+        observed = observed + design.T @ np.eye(k)[states]
+    intercepts = model.intercepts.copy()
+    current = model
+    for _ in range(iterations):
+        simulated = _simulate_occupancy(current.table(), seqs, replicas, rng)
+        intercepts += step * (np.log(observed + 1.0) - np.log(simulated + 1.0))
+        current = TransitionModel(model.grid, intercepts.copy(), model.prev_logits,
+                                  model.feature_logits, model.ridge_lambda, model.state_mean_w)
+    return current
+
+
 def fit_transitions(data: TransitionData, fold: np.ndarray, grid: FeatureGrid,
                     mean_w: np.ndarray, lambdas=LAMBDA_CANDIDATES) -> TransitionModel:
     """Fit the logits; choose the ridge strength by blocked cross-validation.

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numba as nb
 import numpy as np
 
+from distgen.engine.jit import cached_njit
+
 #: Per-step workload outputs, columns of the ``features`` array the step functions fill.
 F_RUNNING, F_PREFILL_TOKENS, F_DECODE_TOKENS, F_ITERATIONS, F_WAITING = range(5)
 N_FEATURES = 5
@@ -208,15 +210,22 @@ def serve_step(heap, pre_tokens, pre_out, wait_in, wait_out,
     if heap_n > 0:
         it_decode = (interval_s - time_used) / (base_s + decode_s * heap_n)
     decode_tokens = n_dec * it_prefill + heap_n * it_decode
+    step_start = iters
     iters = start + it_decode
-    # finished requests leave
+    # finished requests leave; they stopped producing tokens at their finishing count
+    last_finish = step_start
     while heap_n > 0 and heap[0] <= iters:
+        finish = max(heap[0], step_start)
+        decode_tokens -= iters - finish
+        last_finish = max(last_finish, finish)
         heap_n = _heap_pop(heap, heap_n)
+    if heap_n == 0 and pre_n == 0:
+        iters = max(last_finish, start)  # the engine idles once the last request is done
     return (iters, heap_n, pre_head, pre_n, pre_total, wait_head, wait_n, prefill_done,
-            decode_tokens, it_prefill + it_decode)
+            max(decode_tokens, 0.0), iters - step_start)
 
 
-@nb.njit(cache=True)
+@cached_njit()
 def _replay_kernel(state, params, interval_s, step_of_arrival, input_tokens, output_tokens,
                    n_steps, features):
     """One deployment (row 0 of ``state``), requests sorted by arrival step."""

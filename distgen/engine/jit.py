@@ -1,0 +1,58 @@
+"""Compile-once kernels: Numba's on-disk cache, keyed by every source file a kernel inlines.
+
+Numba invalidates a cached function only when the function's own file changes, not when an
+inlined helper from another module does, so a stale kernel could survive an edit of the serving
+model. Kernels decorated here cache into a folder named after a fingerprint of all their source
+files (and the Numba and distgen versions); any change gives a fresh folder. Without a writable
+cache location they are simply compiled in each process (a few seconds).
+
+``DISTGEN_NUMBA_CACHE`` sets the cache root (default ``~/.cache/distgen/numba``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import numba
+import numba.core.config as numba_config
+
+import distgen
+
+
+def _cache_root() -> Path:
+    env = os.environ.get("DISTGEN_NUMBA_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "distgen" / "numba"
+
+
+def fingerprint(paths) -> str:
+    digest = hashlib.sha256(f"{numba.__version__}|{distgen.__version__}".encode())
+    for path in sorted(str(p) for p in paths):
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cached_njit(*modules: str):
+    """``numba.njit(cache=True)`` keyed by the source of the decorated function's module and of
+    ``modules`` (dotted names of modules whose functions it inlines)."""
+
+    def decorate(fn):
+        files = [sys.modules[fn.__module__].__file__] + [sys.modules[m].__file__ for m in modules]
+        cache_dir = _cache_root() / fingerprint(files)
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            probe = cache_dir / f".probe-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError:
+            return numba.njit(fn)
+        previous = numba_config.CACHE_DIR
+        numba_config.CACHE_DIR = str(cache_dir)  # read when the dispatcher sets up its cache
+        try:
+            return numba.njit(cache=True)(fn)
+        finally:
+            numba_config.CACHE_DIR = previous
+
+    return decorate

@@ -1,0 +1,338 @@
+"""Ray executor: same outputs as the local executor, node failures, resume, bad cluster input.
+
+These tests start Ray themselves (a local Ray through the executor, and a multi-node cluster of
+``ray start`` processes on loopback). On a machine where Ray would bind to a network interface,
+run pytest inside a loopback-only network namespace (``unshare -rn``, as the project's test
+script does); they do not wrap themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from distgen.config import load_config  # noqa: E402
+from distgen.driver import generate  # noqa: E402
+from distgen.errors import DistgenError  # noqa: E402
+from distgen.io.parts import completed_shards  # noqa: E402
+from distgen.io.series import read_series  # noqa: E402
+from distgen.progress import Progress  # noqa: E402
+
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+#: Small: 3 rows x 2 racks x 2 servers x 8 GPUs, 30 min (about a second of work in all).
+SMALL = ["duration_s=1800", "facility.racks_per_row=2", "facility.servers_per_rack=2",
+         "output.site_resolutions_s=[1,60,900]", "output.rows_resolution_s=1",
+         "output.racks_resolution_s=60", "output.site_csv_resolution_s=900"]
+
+
+def small_config(*overrides):
+    return load_config(DEMO, [*SMALL, *overrides])
+
+
+def data_files(out: Path) -> list[str]:
+    return sorted(p.name for p in Path(out).glob("*.parquet"))
+
+
+def assert_same_data(a: Path, b: Path) -> None:
+    """Same Parquet files with the same columns and values (metadata may differ)."""
+    assert data_files(a) == data_files(b) and data_files(a)
+    for name in data_files(a):
+        ca, _ = read_series(Path(a) / name)
+        cb, _ = read_series(Path(b) / name)
+        assert sorted(ca) == sorted(cb), name
+        for col in ca:
+            np.testing.assert_array_equal(ca[col], cb[col], err_msg=f"{name}:{col}")
+
+
+def comparable_summary(manifest: dict) -> dict:
+    s = dict(manifest["summary"])
+    s.pop("shards")  # per-shard wall times and cuts differ by design
+    return s
+
+
+def assert_same_summary(a: dict, b: dict) -> None:
+    """Manifest summaries equal: power figures exactly (integer reductions); the workload's
+    float token counts exactly for the same cut, else to float rounding (they are summed
+    shard by shard, so the grouping of the additions follows the cut)."""
+    sa, sb = comparable_summary(a), comparable_summary(b)
+    wa, wb = sa.pop("workload"), sb.pop("workload")
+    assert sa == sb
+    assert wa.keys() == wb.keys()
+    same_cut = a["summary"]["shards"] and [
+        (x["rack_start"], x["rack_stop"]) for x in a["summary"]["shards"]] == [
+        (x["rack_start"], x["rack_stop"]) for x in b["summary"]["shards"]]
+    for key in wa:
+        if isinstance(wa[key], int) or same_cut:
+            assert wa[key] == wb[key], key
+        else:
+            assert wa[key] == pytest.approx(wb[key], rel=1e-12, abs=0), key
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_ray_address(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray started by the executor itself (loopback, no dashboard), 2 CPUs."""
+    from distgen.distributed import ray_executor
+
+    if ray.is_initialized():
+        ray.shutdown()
+    saved = os.environ.pop("RAY_ADDRESS", None)
+    executor, info = ray_executor(small_config(), num_cpus=2)
+    yield info
+    ray.shutdown()
+    if saved is not None:
+        os.environ["RAY_ADDRESS"] = saved
+
+
+# ------------------------------------------------------------------ bad cluster input (no Ray)
+
+def test_unreachable_address_fails_fast(tmp_path):
+    from distgen.distributed import ray_executor
+    from distgen.distributed.localcluster import free_port
+
+    if ray.is_initialized():
+        ray.shutdown()
+    address = f"127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    with pytest.raises(DistgenError, match=address.replace(".", r"\.")):
+        ray_executor(small_config(f"ray.address={address}"))
+    assert time.monotonic() - t0 < 10
+    assert not ray.is_initialized()
+
+
+def test_address_of_something_else_fails_fast():
+    """A port that answers but is not a Ray GCS (here: a plain TCP listener) fails at once."""
+    import socket
+
+    from distgen.distributed import ray_executor
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        address = f"127.0.0.1:{srv.getsockname()[1]}"
+        t0 = time.monotonic()
+        with pytest.raises(DistgenError, match="not a Ray cluster"):
+            ray_executor(small_config(f"ray.address={address}"))
+        assert time.monotonic() - t0 < 10
+
+
+def test_cli_unreachable_address(tmp_path, capsys):
+    from distgen.cli import main
+    from distgen.distributed.localcluster import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    code = main(["generate", str(DEMO), *SMALL, "--out", str(tmp_path / "o"), "--quiet",
+                 "--address", address])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the Ray cluster" in err and address in err
+
+
+def test_task_refuses_an_output_folder_that_is_not_shared(tmp_path, monkeypatch):
+    from distgen.distributed import executor
+
+    monkeypatch.setattr(executor, "SHARED_CHECK_WAIT_S", 0.0)
+    (tmp_path / ".shared-check-abc").write_text("x")
+    executor.check_shared_folder(str(tmp_path), ".shared-check-abc")  # the driver's folder
+    with pytest.raises(DistgenError, match="not shared"):
+        executor.check_shared_folder(str(tmp_path), ".shared-check-other")
+
+
+def test_hyperscale_preset_plans_and_runs_a_shard(tmp_path):
+    """The 1M-GPU preset plans as a whole, and one of its 2000 shards runs (a 2 s slice)."""
+    from distgen.io.parts import completed_shards
+    from distgen.model.artifact import ModelLibrary
+    from distgen.pipeline import plan_run, run_shard
+
+    preset = DEMO.with_name("hyperscale-1m.yaml")
+    library = ModelLibrary.load(None)
+    full = plan_run(load_config(preset), library)
+    assert full.topology.n_gpus == 1_000_000 and len(full.shards) == 2000
+    assert len(set(full.topology.row_serving)) == 5 and full.n_deployments == 800_000
+    sizes = [full.topology.fleet(s.rack_start, s.rack_stop).n_deployments for s in full.shards]
+    assert sum(sizes) == 800_000 and max(sizes) <= 600
+
+    plan = plan_run(load_config(preset, ["duration_s=2", "warmup_s=0",
+                                         "output.site_resolutions_s=[1]",
+                                         "output.rows_resolution_s=1",
+                                         "output.site_csv_resolution_s=null"]), library)
+    summary = run_shard(plan, plan.shards[0], library, tmp_path)
+    assert summary["deployments"] == sizes[0]
+    assert 0 in completed_shards(tmp_path)
+
+
+# ------------------------------------------------------------------ local Ray
+
+@pytest.mark.ray
+@pytest.mark.parametrize("shards", [1, 3])
+def test_ray_output_identical_to_local(local_ray, tmp_path, shards):
+    from distgen.distributed import ray_executor
+
+    one = generate(small_config("shards=1"), tmp_path / "local1")
+    ref = generate(small_config(f"shards={shards}"), tmp_path / "local")
+    executor, info = ray_executor(small_config(f"shards={shards}"))
+    m = generate(small_config(f"shards={shards}"), tmp_path / "ray", executor=executor,
+                 execution=info)
+    assert_same_data(tmp_path / "local", tmp_path / "ray")
+    assert_same_data(tmp_path / "local1", tmp_path / "ray")  # any shard count
+    assert_same_summary(m, ref)
+    assert_same_summary(m, one)
+    ex = m["execution"]
+    assert ex["executor"] == "ray" and ex["ray_tasks"] == shards and ex["shards"] == shards
+    assert ex["ray_address"].startswith("127.0.0.1:") and ex["ray_cpus"] == 2
+    assert len(executor.tasks) == shards
+
+
+@pytest.mark.ray
+def test_gpu_task_on_cpu_only_cluster_fails_fast(local_ray):
+    from distgen.distributed import ray_executor
+
+    t0 = time.monotonic()
+    with pytest.raises(DistgenError, match="num_gpus_per_task.*no GPUs"):
+        ray_executor(small_config("ray.num_gpus_per_task=1"))
+    with pytest.raises(DistgenError, match="no node of the Ray cluster"):
+        ray_executor(small_config("ray.num_cpus_per_task=64"))
+    assert time.monotonic() - t0 < 5
+
+
+@pytest.mark.ray
+def test_bad_input_in_a_task_is_not_retried(local_ray, tmp_path):
+    """A DistgenError raised inside a task fails the run at once with the shard named."""
+    from distgen.distributed import RayExecutor
+    from distgen.model.artifact import ModelLibrary
+    from distgen.pipeline import plan_run
+
+    cfg = small_config("shards=2")
+    library = ModelLibrary.load(None)
+    plan = plan_run(cfg, library)
+    broken = ModelLibrary({}, library.source, library.version)  # every model missing
+    executor = RayExecutor(cfg.ray, {})
+    t0 = time.monotonic()
+    with pytest.raises(DistgenError, match=r"shard \d .*not in the model library"):
+        executor(plan, list(plan.shards), broken, tmp_path / ".parts", None, None)
+    assert time.monotonic() - t0 < 30
+
+
+class Interrupted(Exception):
+    pass
+
+
+class _StopAfter(Progress):
+    """Interrupts the run (as Ctrl-C or a dying driver would) once ``n`` shards are done."""
+
+    def __init__(self, n):
+        super().__init__(enabled=False)
+        self.n = n
+
+    def shard_done(self):
+        super().shard_done()
+        if self.shards_done >= self.n:
+            raise Interrupted
+
+
+@pytest.mark.ray
+def test_resume_recomputes_only_unfinished_shards(local_ray, tmp_path):
+    from distgen.distributed import ray_executor
+
+    cfg = small_config("shards=6", "duration_s=3600")
+    out = tmp_path / "run"
+    executor, info = ray_executor(cfg)
+    with pytest.raises(Interrupted):
+        generate(cfg, out, executor=executor, execution=info, progress=_StopAfter(2))
+    assert not (out / "manifest.json").exists()
+    done = completed_shards(out / ".parts")
+    assert 2 <= len(done) < 6
+    stamps = {i: (out / ".parts" / f"shard-{i:05d}.json").stat().st_mtime_ns for i in done}
+
+    seen = []
+
+    class Watch(Progress):
+        def shard_done(self):
+            super().shard_done()
+            # shards kept from the interrupted run are never rewritten
+            seen.append({i: (out / ".parts" / f"shard-{i:05d}.json").stat().st_mtime_ns
+                         for i in stamps})
+
+    executor, info = ray_executor(cfg)
+    m = generate(cfg, out, resume=True, executor=executor, execution=info,
+                 progress=Watch(enabled=False))
+    assert m["execution"]["resumed_shards"] == len(done)
+    assert m["execution"]["ray_tasks"] == 6 - len(done) == len(executor.tasks)
+    assert {t["summary"]["shard"] for t in executor.tasks} == set(range(6)) - set(done)
+    assert seen and all(s == stamps for s in seen)
+
+    fresh = generate(cfg, tmp_path / "fresh")
+    assert_same_data(out, tmp_path / "fresh")
+    assert_same_summary(m, fresh)
+
+
+# ------------------------------------------------------------------ multi-node, node failure
+
+#: 6 shards of about a second each: 6 rows x 2 racks x 4 servers x 8 GPUs (tp1), 6 hours.
+KILL = ["shards=6", "duration_s=21600", "facility.rows=6", "facility.racks_per_row=2",
+        "facility.servers_per_rack=4", "facility.row_serving=[qwen3-8b_A100_tp1]",
+        "output.site_resolutions_s=[1,60,900]", "output.rows_resolution_s=60",
+        "output.racks_resolution_s=null", "output.site_csv_resolution_s=null",
+        "ray.max_retries=3"]
+
+
+@pytest.mark.ray
+def test_worker_node_killed_mid_run(tmp_path, monkeypatch):
+    """Head + 2 worker nodes (1 CPU each) as separate processes; worker node 0 is killed as
+    soon as the first shard commits. The run completes on the other node with the same data."""
+    from distgen.distributed import connect, ray_executor
+    from distgen.distributed.localcluster import LocalCluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cfg_args = KILL
+    ref_cfg = load_config(DEMO, cfg_args)
+    with LocalCluster(worker_cpus=(1, 1)) as cluster:
+        for k, v in cluster.env.items():
+            if k.startswith("RAY_"):
+                monkeypatch.setenv(k, v)
+        cfg = load_config(DEMO, [*cfg_args, f"ray.address={cluster.address}"])
+        connect(cluster.address)
+        cluster.wait_for_nodes(3)
+        executor, info = ray_executor(cfg)
+        assert info["ray_nodes"] == 3 and info["ray_cpus"] == 2
+        out = tmp_path / "ray"
+        killed = {}
+
+        def killer():
+            parts = out / ".parts"
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                done = completed_shards(parts) if parts.is_dir() else {}
+                if done:
+                    killed["at_done"] = len(done)
+                    cluster.kill_worker(0)
+                    return
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=killer, daemon=True)
+        watcher.start()
+        try:
+            m = generate(cfg, out, executor=executor, execution=info)
+            watcher.join(timeout=5)
+            nodes = ray.nodes()
+        finally:
+            ray.shutdown()
+    assert killed and killed["at_done"] < 6
+    assert sum(1 for n in nodes if not n["Alive"]) == 1
+    assert m["execution"]["ray_tasks"] == 6
+
+    ref = generate(ref_cfg, tmp_path / "local")
+    assert_same_data(out, tmp_path / "local")
+    assert_same_summary(m, ref)
