@@ -158,11 +158,11 @@ def assemble(plan: RunPlan, out: Path) -> tuple[list[dict], dict]:
         summary[level] = stats
     shard_summaries = [m["summary"] for _, m in sorted(completed_shards(parts_dir).items())]
     keys = ("deployment_steps", "requests_arrived", "requests_dropped", "requests_waiting_at_end",
-            "prefill_tokens", "decode_tokens")
-    summary["workload"] = {k: sum(s[k] for s in shard_summaries) for k in keys}
-    summary["workload"]["mean_running_per_deployment"] = (
-        sum(s["mean_running_per_deployment"] * s["deployments"] for s in shard_summaries)
-        / plan.n_deployments)
+            "prefill_tokens", "decode_tokens", "running_request_steps")
+    workload = {k: sum(s[k] for s in shard_summaries) for k in keys}
+    workload["mean_running_per_deployment"] = (workload.pop("running_request_steps")
+                                               / max(workload["deployment_steps"], 1))
+    summary["workload"] = workload
     summary["shards"] = [{k: s[k] for k in ("shard", "rack_start", "rack_stop", "deployments",
                                             "wall_s")} for s in shard_summaries]
     return files, summary

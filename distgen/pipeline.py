@@ -223,10 +223,10 @@ class ShardGenerator:
             "requests_arrived": int(b.stats[:, S_ARRIVED].sum()),
             "requests_dropped": int(b.serving_state.dropped.sum()),
             "requests_waiting_at_end": int(b.serving_state.wait_n.sum()),
-            "mean_running_per_deployment": float(b.stats[:, S_RUNNING_SUM].sum()
-                                                 / max(self.fleet.n_deployments * steps, 1)),
-            "prefill_tokens": float(b.stats[:, S_PREFILL_TOKENS].sum()),
-            "decode_tokens": float(b.stats[:, S_DECODE_TOKENS].sum()),
+            "running_request_steps": int(np.rint(b.stats[:, S_RUNNING_SUM]).sum()),
+            # whole tokens per deployment, so the totals are exact integer sums for any cut
+            "prefill_tokens": int(np.rint(b.stats[:, S_PREFILL_TOKENS]).sum()),
+            "decode_tokens": int(np.rint(b.stats[:, S_DECODE_TOKENS]).sum()),
         }
 
 

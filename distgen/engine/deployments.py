@@ -32,6 +32,7 @@ class PackedModels:
     innovation: np.ndarray  # (M, K) sqrt(1 - phi^2)
     clamp_w: np.ndarray     # (M, 2)
     serving: np.ndarray     # (M, 5) ServingParams.as_array()
+    iterations_per_s: np.ndarray  # (M, seq capacity + 1) ServingParams.iterations_per_s()
     tok_in: np.ndarray      # (M, Q) input-token quantiles
     tok_out: np.ndarray     # (M, Q)
     running_bin: np.ndarray  # running-bin index of each running count 0..seq capacity
@@ -65,6 +66,8 @@ class PackedModels:
             phi=phi, innovation=np.sqrt(1.0 - phi ** 2),
             clamp_w=np.array([m.clamp_w for m in models], np.float64),
             serving=np.stack([m.serving.as_array() for m in models]),
+            iterations_per_s=np.stack([m.serving.iterations_per_s(
+                max(x.serving.max_num_seqs for x in models)) for m in models]),
             tok_in=tok_in, tok_out=tok_out,
             running_bin=np.searchsorted(
                 np.asarray(grid.running_thresholds),
@@ -240,7 +243,7 @@ class DeploymentBatch:
             int(step0), int(n_steps), self.interval_s,
             self.state_key, self.req_key, self.model_index, self.target_index,
             m.table_cum, m.n_states, m.power_of_z, Z_MIN, 1.0 / Z_STEP, m.phi, m.innovation,
-            m.clamp_w, m.serving,
+            m.clamp_w, m.serving, m.iterations_per_s,
             m.tok_in, m.tok_out, m.running_bin, m.prefill_th, m.n_prefill_bins,
             mode, *syn, *rep,
             self.serving_state.arrays(), self.state, self.latent_z, self.running_prev,

@@ -82,7 +82,7 @@ def _next_state(table_cum, m, s, cell, k_states, u):
 def fleet_kernel(step0, n_steps, interval_s,
                  state_key, req_key, dep_model, dep_target,
                  table_cum, n_states, power_of_z, z_min, z_inv_step, phi, innovation,
-                 clamp_w, serving,
+                 clamp_w, serving, iterations_per_s,
                  tok_in, tok_out, running_bin, prefill_th, n_prefill_bins,
                  mode, base_rps, rate_mult, rate_k0, steps_per_interval, rate_step_offset,
                  gamma_q,
@@ -110,6 +110,7 @@ def fleet_kernel(step0, n_steps, interval_s,
         base_s, prefill_s, decode_s = serving[m, 0], serving[m, 1], serving[m, 2]
         budget, max_seqs = serving[m, 3], int(serving[m, 4])
         k_states = n_states[m]
+        iter_rate = iterations_per_s[m]
         heap, pre_tokens, pre_out = sv_heap[d], sv_pre_tokens[d], sv_pre_out[d]
         wait_in, wait_out = sv_wait_in[d], sv_wait_out[d]
         iters, heap_n, pre_head, pre_n = sv_iters[d], sv_heap_n[d], sv_pre_head[d], sv_pre_n[d]
@@ -130,12 +131,19 @@ def fleet_kernel(step0, n_steps, interval_s,
         cur_running, cur_prefill, cur_decode = pending[d, 0], pending[d, 1], pending[d, 2]
         prev_running = running_prev[d]
         j = 0 if have_pending[d] else -1
+        # rate column of step k: max(k - rate_step_offset, 0) // steps_per_interval - rate_k0,
+        # advanced at interval boundaries rather than divided out every step
+        k_next = step0 + j + 1
+        col = max(k_next - rate_step_offset, 0) // steps_per_interval - rate_k0
+        next_boundary = rate_step_offset + (col + rate_k0 + 1) * steps_per_interval
         while j < n_steps:
             # the workload of step k + 1 (k = step0 + j); on a deployment's first call the
             # step-0 workload is computed first (j = -1) and becomes the current step
             k_next = step0 + j + 1
             if synthetic:
-                col = max(k_next - rate_step_offset, 0) // steps_per_interval - rate_k0
+                if k_next >= next_boundary:
+                    col += 1
+                    next_boundary += steps_per_interval
                 op += base_rps[d] * rate_mult[d, col] * interval_s
                 while op >= next_arr:
                     u_in = uniform01_nb(rkey, np.uint64(3 * arrived + 1))
@@ -160,7 +168,7 @@ def fleet_kernel(step0, n_steps, interval_s,
              nxt_decode, _it) = serve_step(heap, pre_tokens, pre_out, wait_in, wait_out, iters,
                                            heap_n, pre_head, pre_n, pre_total, wait_head,
                                            wait_n, base_s, prefill_s, decode_s, budget,
-                                           max_seqs, interval_s)
+                                           max_seqs, interval_s, iter_rate)
             nxt_running = float(heap_n + pre_n)
             if j < 0:
                 cur_running, cur_prefill, cur_decode = nxt_running, nxt_prefill, nxt_decode

@@ -47,6 +47,11 @@ class ServingParams:
     budget_tokens: int = 8192
     max_num_seqs: int = 256
 
+    def iterations_per_s(self, max_batch: int | None = None) -> np.ndarray:
+        """[1/s] engine iterations per second with n = 0 .. max_batch decoding requests."""
+        n = np.arange((self.max_num_seqs if max_batch is None else max_batch) + 1)
+        return 1.0 / (self.step_base_s + self.decode_s_per_seq * n)
+
     def as_array(self) -> np.ndarray:
         return np.array([self.step_base_s, self.prefill_s_per_token, self.decode_s_per_seq,
                           self.budget_tokens, self.max_num_seqs], np.float64)
@@ -149,11 +154,13 @@ def enqueue(wait_in, wait_out, wait_head, wait_n, input_tokens, output_tokens):
 @nb.njit(inline="always")
 def serve_step(heap, pre_tokens, pre_out, wait_in, wait_out,
                iters, heap_n, pre_head, pre_n, pre_total, wait_head, wait_n,
-               base_s, prefill_s, decode_s, budget, max_seqs, interval_s):
+               base_s, prefill_s, decode_s, budget, max_seqs, interval_s, iterations_per_s):
     """Advance one deployment by one step of ``interval_s``.
 
     The buffers are the deployment's rows (decode heap, prefill FIFO, waiting FIFO); the
-    scalars its carried state. Returns the updated scalars and the step's workload:
+    scalars its carried state. ``iterations_per_s[n]`` is ``1 / (base_s + decode_s * n)``, the
+    iteration rate with n decoding requests (a table, so the hot path multiplies instead of
+    dividing). Returns the updated scalars and the step's workload:
     ``(iters, heap_n, pre_head, pre_n, pre_total, wait_head, wait_n, prefill_tokens,
     decode_tokens, iterations)``; running requests = heap_n + pre_n, waiting = wait_n.
     """
@@ -208,7 +215,7 @@ def serve_step(heap, pre_tokens, pre_out, wait_in, wait_out,
         pre_total = 0.0 if pre_n == 0 else max(backlog - prefill_done, 0.0)
     it_decode = 0.0
     if heap_n > 0:
-        it_decode = (interval_s - time_used) / (base_s + decode_s * heap_n)
+        it_decode = (interval_s - time_used) * iterations_per_s[heap_n]
     decode_tokens = n_dec * it_prefill + heap_n * it_decode
     step_start = iters
     iters = start + it_decode
@@ -226,8 +233,8 @@ def serve_step(heap, pre_tokens, pre_out, wait_in, wait_out,
 
 
 @cached_njit()
-def _replay_kernel(state, params, interval_s, step_of_arrival, input_tokens, output_tokens,
-                   n_steps, features):
+def _replay_kernel(state, params, iterations_per_s, interval_s, step_of_arrival, input_tokens,
+                   output_tokens, n_steps, features):
     """One deployment (row 0 of ``state``), requests sorted by arrival step."""
     (iters_a, heap, heap_n_a, pre_tokens, pre_out, pre_head_a, pre_n_a, pre_total_a,
      wait_in, wait_out, wait_head_a, wait_n_a, dropped_a) = state
@@ -245,7 +252,7 @@ def _replay_kernel(state, params, interval_s, step_of_arrival, input_tokens, out
          iterations) = serve_step(heap[0], pre_tokens[0], pre_out[0], wait_in[0], wait_out[0],
                                   iters, heap_n, pre_head, pre_n, pre_total, wait_head, wait_n,
                                   params[0], params[1], params[2], params[3], int(params[4]),
-                                  interval_s)
+                                  interval_s, iterations_per_s)
         features[k, F_RUNNING] = heap_n + pre_n
         features[k, F_PREFILL_TOKENS] = prefill
         features[k, F_DECODE_TOKENS] = decode
@@ -277,7 +284,8 @@ def replay_workload(arrival_s: np.ndarray, input_tokens: np.ndarray, output_toke
     step = np.maximum(step, 0)
     st = ServingState.empty(1, max(int(params.max_num_seqs), 1), queue_capacity)
     features = np.zeros((n_steps, N_FEATURES))
-    _replay_kernel(st.arrays(), params.as_array(), float(interval_s), step,
+    _replay_kernel(st.arrays(), params.as_array(), params.iterations_per_s(), float(interval_s),
+                   step,
                    np.asarray(input_tokens, np.int32)[order],
                    np.asarray(output_tokens, np.int32)[order], int(n_steps), features)
     return features
