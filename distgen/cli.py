@@ -121,9 +121,9 @@ def format_summary(manifest: dict, out: Path) -> str:
     for label, st in s["site"].items():
         if not isinstance(st, dict):
             continue
-        for kind in ("it", "facility"):
+        for kind, name in (("it", "site IT"), ("facility", "site facility")):
             v = st[kind]
-            rows.append([f"site {kind}", label, _fmt_energy(v["energy_j"]), _fmt_power(v["mean_w"]),
+            rows.append([name, label, _fmt_energy(v["energy_j"]), _fmt_power(v["mean_w"]),
                          _fmt_power(v["peak_w"]), f"{v['peak_to_average']:.2f}"])
     for level in ("rows", "racks", "servers", "deployments"):
         if level in s:

@@ -83,7 +83,8 @@ class LocalCluster:
                                     stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
 
-    def start(self) -> "LocalCluster":
+    def _start_head(self) -> str | None:
+        """Start the head node; None when it answers, else the tail of its log."""
         self.head = self._spawn(["--head", f"--port={self.port}", f"--num-cpus={self.head_cpus}",
                                  "--include-dashboard=false", f"--temp-dir={self.temp_dir}",
                                  f"--ray-client-server-port={free_port()}"], "head.log")
@@ -91,13 +92,29 @@ class LocalCluster:
         while True:
             try:
                 probe(self.address, timeout_s=1.0)
-                break
+                return None
             except DistgenError:
                 if self.head.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise DistgenError(f"local Ray head node did not start; see "
-                                       f"{self.temp_dir}/head.log") from None
+                    _killpg(self.head, signal.SIGKILL)
+                    self.head.wait(timeout=10)
+                    log = Path(self.temp_dir) / "head.log"
+                    return log.read_bytes()[-2000:].decode(errors="replace")
                 time.sleep(0.2)
+
+    def start(self) -> "LocalCluster":
+        # The ports handed to `ray start` are probed free just before, and Ray picks further
+        # ports of its own, so a rare collision can stop the head: try once more on new ports.
+        for attempt in range(2):
+            failure = self._start_head()
+            if failure is None:
+                break
+            if attempt == 0:
+                self.port = free_port()
+                self.address = f"127.0.0.1:{self.port}"
+                continue
+            self.stop(keep_logs=True)
+            raise DistgenError(f"local Ray head node did not start (logs kept in "
+                               f"{self.temp_dir}):\n{failure}")
         for cpus in self.worker_cpus:
             self.add_worker(cpus)
         return self
@@ -115,8 +132,9 @@ class LocalCluster:
         while b"Ray runtime started" not in log.read_bytes():
             if proc.poll() is not None or time.monotonic() > deadline:
                 tail = log.read_bytes()[-2000:].decode(errors="replace")
-                self.stop()
-                raise DistgenError(f"local Ray worker node did not start:\n{tail}")
+                self.stop(keep_logs=True)
+                raise DistgenError(f"local Ray worker node did not start (logs kept in "
+                                   f"{self.temp_dir}):\n{tail}")
             time.sleep(0.1)
         return proc
 
@@ -135,7 +153,7 @@ class LocalCluster:
         """SIGKILL worker node ``i`` (its ``ray start``, raylet and agents): a machine failure."""
         _killpg(self.workers[i], signal.SIGKILL)
 
-    def stop(self) -> None:
+    def stop(self, keep_logs: bool = False) -> None:
         procs = [p for p in [*self.workers, self.head] if p is not None]
         for p in procs:
             _killpg(p, signal.SIGKILL)
@@ -145,7 +163,8 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 pass
         self.workers, self.head = [], None
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        if not keep_logs:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def __enter__(self) -> "LocalCluster":
         return self.start()
