@@ -114,7 +114,7 @@ def test_generate_demo(demo_run, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert str(out) in printed
-    assert "site it" in printed
+    assert "site IT" in printed
     o = cfg.output
     label = lambda r: f"{r:g}s"  # noqa: E731
     expected = {f"site_{label(r)}.parquet" for r in o.site_resolutions_s}

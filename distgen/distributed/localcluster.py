@@ -86,8 +86,8 @@ class LocalCluster:
     def _start_head(self) -> str | None:
         """Start the head node; None when it answers, else the tail of its log."""
         self.head = self._spawn(["--head", f"--port={self.port}", f"--num-cpus={self.head_cpus}",
-                                 "--include-dashboard=false", f"--temp-dir={self.temp_dir}",
-                                 f"--ray-client-server-port={free_port()}"], "head.log")
+                                 "--include-dashboard=false", f"--temp-dir={self.temp_dir}"],
+                                "head.log")
         deadline = time.monotonic() + self.start_timeout_s
         while True:
             try:
