@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -27,15 +26,8 @@ LOADS_RPS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # requests/s per deployment
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, NumPy {np.__version__}"
+    from distgen.distributed.bench import machine_description  # no Ray import
+    return f"{machine_description()}, NumPy {np.__version__}"
 
 
 def raw_normals_per_s(n: int = 1_000_000, repeats: int = 40) -> float:

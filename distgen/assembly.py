@@ -19,7 +19,7 @@ from distgen.errors import DistgenError
 from distgen.io.csvout import write_site_csv
 from distgen.io.parts import completed_shards, open_part
 from distgen.io.series import SeriesWriter
-from distgen.pipeline import INTERVAL_S, RunPlan
+from distgen.pipeline import INTERVAL_S, RunPlan, steps_of
 
 WINDOW_ELEMENTS = 1 << 21
 ENTITY_COLUMN = {"rows": "row_id", "racks": "rack_id", "servers": "server_id",
@@ -86,7 +86,7 @@ def _write_site(plan: RunPlan, out: Path, site_sums: np.ndarray, grid: dict) -> 
     files, stats = [], {}
     targets = [(f, "parquet") for f in plan.site_factors]
     if cfg.output.site_csv_resolution_s is not None:
-        targets.append((int(round(cfg.output.site_csv_resolution_s / INTERVAL_S)), "csv"))
+        targets.append((steps_of(cfg.output.site_csv_resolution_s), "csv"))
     for factor, kind in targets:
         ratio = factor // feed
         it_w = coarsen_sums(site_sums, ratio) / (factor * MW_PER_W)

@@ -142,14 +142,19 @@ def format_summary(manifest: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
-def _load_run_config(args):
-    from distgen.config import load_config
-    overrides = list(args.overrides)
+def _option_overrides(args) -> list[str]:
+    """``--backend`` / ``--address`` as config overrides (after the KEY=VALUE ones)."""
+    overrides = []
     if getattr(args, "backend", None):
         overrides.append(f"backend={args.backend}")
     if getattr(args, "address", None):
         overrides.append(f"ray.address={args.address}")
-    return load_config(args.config, overrides)
+    return overrides
+
+
+def _load_run_config(args):
+    from distgen.config import load_config
+    return load_config(args.config, list(args.overrides) + _option_overrides(args))
 
 
 def cmd_generate(args) -> int:
@@ -190,11 +195,7 @@ def cmd_bench(args) -> int:
     config_path, overrides = args.config, list(args.overrides)
     if config_path is not None and "=" in config_path and not Path(config_path).exists():
         config_path, overrides = None, [config_path, *overrides]  # only overrides were given
-    if args.backend:
-        overrides.append(f"backend={args.backend}")
-    if args.address:
-        overrides.append(f"ray.address={args.address}")
-    config = bench_config(config_path, overrides, args.seconds)
+    config = bench_config(config_path, overrides + _option_overrides(args), args.seconds)
     result = run_bench(config, executor=args.executor, num_cpus=args.num_cpus,
                        warmup=not args.no_warmup)
     print(format_bench(result))
