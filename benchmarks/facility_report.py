@@ -29,10 +29,12 @@ def baseline_power_w(plan, library, per_deployment: str) -> float:
     t = plan.topology
     f = plan.config.facility
     fleet = t.fleet()
-    models = [library[t.row_serving[r]] for r in fleet.deployment_row]
-    gpu = np.array([m.tdp_w if per_deployment == "tdp" else m.baselines["mean_w"] for m in models])
-    idle = np.array([m.idle_w for m in models])
-    tdp = np.array([m.tdp_w for m in models])
+    models = [library[c] for c in t.row_serving]  # per row; indexed by each deployment's row
+    row = fleet.deployment_row
+    gpu = np.array([m.tdp_w if per_deployment == "tdp" else m.baselines["mean_w"]
+                    for m in models])[row]
+    idle = np.array([m.idle_w for m in models])[row]
+    tdp = np.array([m.tdp_w for m in models])[row]
     activity = np.clip((gpu - idle) / np.maximum(tdp - idle, 1e-9), 0, 1).mean()
     return float(gpu.sum() + t.n_servers * (f.non_gpu.idle_w + f.non_gpu.activity_w * activity))
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from distgen.config.validate import start_hour_of_day
-from distgen.engine.resample import MW_PER_W, coarsen_sums
+from distgen.engine.resample import block_means_w, coarsen_sums
 from distgen.errors import DistgenError
 from distgen.io.csvout import write_site_csv
 from distgen.io.parts import completed_shards, open_part
@@ -81,7 +81,7 @@ def _series_stats(power_w: np.ndarray, resolution_s: float) -> dict:
 def _write_site(plan: RunPlan, out: Path, site_sums: np.ndarray, grid: dict) -> tuple[list, dict]:
     cfg = plan.config
     feed = plan.site_factor
-    it_feed_w = site_sums / (feed * MW_PER_W)
+    it_feed_w = block_means_w(site_sums, feed)
     facility_feed_w = it_feed_w * pue_per_block(plan, feed, it_feed_w.size)
     files, stats = [], {}
     targets = [(f, "parquet") for f in plan.site_factors]
@@ -89,7 +89,7 @@ def _write_site(plan: RunPlan, out: Path, site_sums: np.ndarray, grid: dict) -> 
         targets.append((steps_of(cfg.output.site_csv_resolution_s), "csv"))
     for factor, kind in targets:
         ratio = factor // feed
-        it_w = coarsen_sums(site_sums, ratio) / (factor * MW_PER_W)
+        it_w = block_means_w(coarsen_sums(site_sums, ratio), factor)
         facility_w = coarsen_sums(facility_feed_w, ratio) / ratio
         resolution_s = factor * INTERVAL_S
         time_s = np.arange(it_w.size) * resolution_s
@@ -133,7 +133,7 @@ def _write_level(plan: RunPlan, out: Path, parts_dir: Path, level: str, factor: 
             total = np.zeros((b - a, ids.size), np.int64)
             for (values, _), col in zip(parts, columns):
                 total[:, col] += np.asarray(values[a:b])
-            power_w = total / (factor * MW_PER_W)
+            power_w = block_means_w(total, factor)
             w.write(np.arange(a, b) * resolution_s, {"power_w": power_w}, entity_ids=ids)
             peak = np.maximum(peak, power_w.max(axis=0))
             energy_j += float(power_w.sum() * resolution_s)

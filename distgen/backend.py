@@ -9,8 +9,6 @@ until it exists, asking for it is an error rather than a silent CPU run, and ``a
 
 from __future__ import annotations
 
-import numpy as np
-
 from distgen.errors import ConfigError
 
 AVAILABLE = ("numpy",)
@@ -39,8 +37,3 @@ def resolve_backend(name: str) -> str:
                           "run the compiled CPU kernel")
     raise ConfigError("backend", f"must be one of 'numpy', 'cupy', 'auto'; got {name!r}")
 
-
-def to_host(array) -> np.ndarray:
-    """A NumPy array from a NumPy or CuPy array."""
-    get = getattr(array, "get", None)
-    return np.asarray(get() if callable(get) else array)

@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from distgen.backend import resolve_backend
+from distgen.config import config_hash
 from distgen.config.schema import RunConfig
 from distgen.config.validate import expand_row_serving, start_hour_of_day, validate
 from distgen.engine.deployments import (DeploymentBatch, PackedModels, ReplayArrivals,
@@ -133,13 +134,14 @@ class ShardGenerator:
         self.fleet = fleet = t.fleet(shard.rack_start, shard.rack_stop)
         configs = sorted({t.row_serving[r] for r in np.unique(fleet.deployment_row)})
         models = [library[c] for c in configs]
-        row_model = {r: configs.index(t.row_serving[r]) for r in np.unique(fleet.deployment_row)}
-        model_index = np.array([row_model[r] for r in fleet.deployment_row], np.int32)
+        row_model = np.array([configs.index(c) if c in configs else -1 for c in t.row_serving],
+                             np.int32)
+        model_index = row_model[fleet.deployment_row]
         self.batch = DeploymentBatch(PackedModels.pack(models), model_index, fleet.deployment_uid,
                                      fleet.deployment_server_index, cfg.seed,
                                      interval_s=INTERVAL_S)
-        dep_idle = np.array([models[i].idle_w for i in model_index])
-        dep_tdp = np.array([models[i].tdp_w for i in model_index])
+        dep_idle = np.array([m.idle_w for m in models])[model_index]
+        dep_tdp = np.array([m.tdp_w for m in models])[model_index]
         n_srv = fleet.n_servers
         self.server_idle_w = np.bincount(fleet.deployment_server_index, dep_idle, n_srv)
         self.server_tdp_w = np.bincount(fleet.deployment_server_index, dep_tdp, n_srv)
@@ -268,14 +270,9 @@ def run_shard(plan: RunPlan, shard: Shard, library: ModelLibrary, parts_dir,
                 progress(gen.fleet.n_deployments * chunk.n_steps)
         summary = {**gen.summary(), "shard": shard.index, "rack_start": shard.rack_start,
                    "rack_stop": shard.rack_stop, "wall_s": time.perf_counter() - t0,
-                   "config_hash": plan_config_hash(plan)}
+                   "config_hash": config_hash(plan.config)}
         writer.commit(summary)
     return summary
-
-
-def plan_config_hash(plan: RunPlan) -> str:
-    from distgen.config import config_hash
-    return config_hash(plan.config)
 
 
 @dataclass(frozen=True)
@@ -305,9 +302,9 @@ class ReplayRequests:
         fleet = t.fleet()
         service = None
         if replay.routing == "least_loaded":
-            serving = [library[t.row_serving[r]].serving for r in fleet.deployment_row]
-            service = (np.array([s.prefill_s_per_token for s in serving]),
-                       np.array([s.step_base_s for s in serving]))
+            serving = [library[c].serving for c in t.row_serving]
+            service = (np.array([s.prefill_s_per_token for s in serving])[fleet.deployment_row],
+                       np.array([s.step_base_s for s in serving])[fleet.deployment_row])
         routes = route_requests(arrival, n_in, n_out, n_deployments=t.n_deployments,
                                 routing=replay.routing, seed=cfg.seed,
                                 service_s_per_token=service)

@@ -8,7 +8,7 @@ import numpy as np
 from scipy.special import gammaincinv, ndtr
 
 from distgen.engine.kernel import MODE_REPLAY, MODE_SYNTHETIC, N_STATS, fleet_kernel
-from distgen.engine.rng import KIND_DEPLOYMENT, KIND_REQUEST, entity_key, uniform01
+from distgen.engine.rng import KIND_DEPLOYMENT, KIND_REQUEST, entity_key
 from distgen.model.artifact import PowerModel
 from distgen.workload.serving import N_FEATURES, ServingState
 
@@ -188,22 +188,11 @@ class DeploymentBatch:
         self.n_arrived = np.zeros(n, np.int64)
         self.replay_ptr = np.zeros(n, np.int64)
         self.stats = np.zeros((n, N_STATS))
-        self._first_gap_drawn = False
         self._replay_started = False
 
     @property
     def n_deployments(self) -> int:
         return int(self.state_key.shape[0])
-
-    def _start_arrivals(self, gamma_q):
-        """Gap before each deployment's first arrival (request counter 0)."""
-        u = uniform01(self.req_key, np.zeros(self.n_deployments, np.uint64))
-        if gamma_q.size == 0:
-            self.next_arrival[:] = -np.log(u)
-        else:
-            self.next_arrival[:] = np.interp(u * (gamma_q.size - 1), np.arange(gamma_q.size),
-                                             gamma_q)
-        self._first_gap_drawn = True
 
     def advance(self, step0: int, n_steps: int, target_mw: np.ndarray, *,
                 synthetic: SyntheticArrivals | None = None, replay: ReplayArrivals | None = None,
@@ -221,8 +210,6 @@ class DeploymentBatch:
         empty_i = np.zeros(1, np.int64)
         empty_i32 = np.zeros(1, np.int32)
         if synthetic is not None:
-            if not self._first_gap_drawn:
-                self._start_arrivals(synthetic.gamma_q)
             mode = MODE_SYNTHETIC
             syn = (np.asarray(synthetic.base_rps, np.float64),
                    np.asarray(synthetic.rate_mult, np.float32), int(synthetic.rate_k0),

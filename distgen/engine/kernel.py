@@ -125,6 +125,8 @@ def fleet_kernel(step0, n_steps, interval_s,
         sum_prefill = 0.0
         sum_decode = 0.0
 
+        if synthetic and not have_pending[d]:
+            next_arr = _gap(gamma_q, uniform01_nb(rkey, np.uint64(0)))  # gap before arrival 0
         s = chain_state[d]
         zl = latent_z[d]
         n_z = power_of_z.shape[2]
