@@ -118,7 +118,7 @@ def part_memory(repeats: int) -> tuple[list[str], dict]:
 
 def part_hyperscale(repeats: int) -> tuple[list[str], dict]:
     from distgen.config import load_config
-    from distgen.pipeline import steps_of
+    from distgen.core.grid import steps_of
 
     from distgen.model.artifact import ModelLibrary
     from distgen.pipeline import plan_run

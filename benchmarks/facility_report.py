@@ -55,13 +55,11 @@ def main() -> None:
     config = load_config(ROOT / "configs" / "facility-240.yaml")
     library = ModelLibrary.load()
     plan = plan_run(config, library)
-    executor, execution = None, {}
-    if args.executor == "ray":
-        from distgen.distributed import ray_executor
-        executor, execution = ray_executor(config)
+    from distgen.distributed import make_executor
+    executor = make_executor(args.executor, config)
     out = Path(tempfile.mkdtemp()) / "facility"
     t0 = time.perf_counter()
-    manifest = generate(config, out, library=library, executor=executor, execution=execution)
+    manifest = generate(config, out, library=library, executor=executor)
     wall = time.perf_counter() - t0
 
     site_1s, _ = read_series(out / "site_1s.parquet")
@@ -85,7 +83,7 @@ def main() -> None:
     steps = plan.deployment_steps
     timing = (f"{t['servers']} servers, {t['deployments']} deployments, 24 h at 0.25 s: "
               f"{steps / 1e6:.0f} M deployment-steps in {wall:.1f} s wall "
-              f"({args.executor} executor, {execution.get('ray_cpus', 1)} CPUs)")
+              f"({args.executor} executor, {executor.info.get('ray_cpus', 1)} CPUs)")
     print(timing)
     if args.write:
         doc = ROOT / "docs" / "FACILITY.md"

@@ -19,17 +19,15 @@ from distgen.errors import DistgenError
 from distgen.io.csvout import write_site_csv
 from distgen.io.parts import completed_shards, open_part
 from distgen.io.series import SeriesWriter
-from distgen.pipeline import INTERVAL_S, RunPlan, steps_of
+from distgen.core.grid import INTERVAL_S, steps_of
+from distgen.pipeline import RunPlan
+from distgen.results import (LevelStats, RunSummary, SeriesStats, ShardSummary, SiteStats,
+                             WorkloadSummary, resolution_label)
 
 WINDOW_ELEMENTS = 1 << 21
 ENTITY_COLUMN = {"rows": "row_id", "racks": "rack_id", "servers": "server_id",
                  "deployments": "deployment_id"}
 FIFTEEN_MIN_STEPS = 3600
-
-
-def resolution_label(seconds: float) -> str:
-    """``0.25 -> '0.25s'``, ``60.0 -> '60s'``."""
-    return f"{seconds:g}s"
 
 
 def pue_per_block(plan: RunPlan, factor: int, n_blocks: int) -> np.ndarray:
@@ -71,19 +69,26 @@ def _site_sums(plan: RunPlan, parts_dir: Path) -> np.ndarray:
     return total
 
 
-def _series_stats(power_w: np.ndarray, resolution_s: float) -> dict:
+def _series_stats(power_w: np.ndarray, resolution_s: float) -> SeriesStats:
     mean = float(power_w.mean())
     peak = float(power_w.max())
-    return {"energy_j": float(power_w.sum() * resolution_s), "mean_w": mean, "peak_w": peak,
-            "min_w": float(power_w.min()), "peak_to_average": peak / mean if mean > 0 else None}
+    return SeriesStats(energy_j=float(power_w.sum() * resolution_s), mean_w=mean, peak_w=peak,
+                       min_w=float(power_w.min()),
+                       peak_to_average=peak / mean if mean > 0 else None)
 
 
-def _write_site(plan: RunPlan, out: Path, site_sums: np.ndarray, grid: dict) -> tuple[list, dict]:
+def max_ramp_w(power_w: np.ndarray) -> float:
+    """[W] the largest change, up or down, between consecutive values of a series."""
+    return float(np.abs(np.diff(power_w)).max())
+
+
+def _write_site(plan: RunPlan, out: Path, site_sums: np.ndarray,
+                grid: dict) -> tuple[list, list[SiteStats], float | None]:
     cfg = plan.config
     feed = plan.site_factor
     it_feed_w = block_means_w(site_sums, feed)
     facility_feed_w = it_feed_w * pue_per_block(plan, feed, it_feed_w.size)
-    files, stats = [], {}
+    files, stats, ramp = [], [], None
     targets = [(f, "parquet") for f in plan.site_factors]
     if cfg.output.site_csv_resolution_s is not None:
         targets.append((steps_of(cfg.output.site_csv_resolution_s), "csv"))
@@ -107,13 +112,13 @@ def _write_site(plan: RunPlan, out: Path, site_sums: np.ndarray, grid: dict) -> 
             w.write(time_s, {"it_power_w": it_w, "facility_power_w": facility_w})
             info = w.close()
         files.append({**info, "resolution_s": resolution_s, "format": "parquet"})
-        stats[label] = {"it": _series_stats(it_w, resolution_s),
-                        "facility": _series_stats(facility_w, resolution_s)}
+        stats.append(SiteStats(resolution_s, _series_stats(it_w, resolution_s),
+                               _series_stats(facility_w, resolution_s)))
     if FIFTEEN_MIN_STEPS % feed == 0 and plan.n_steps >= 2 * FIFTEEN_MIN_STEPS:
         ratio = FIFTEEN_MIN_STEPS // feed
         quarter_w = coarsen_sums(facility_feed_w, ratio) / ratio
-        stats["max_15min_ramp_w"] = float(np.abs(np.diff(quarter_w)).max())
-    return files, stats
+        ramp = max_ramp_w(quarter_w)
+    return files, stats, ramp
 
 
 def _write_level(plan: RunPlan, out: Path, parts_dir: Path, level: str, factor: int, grid: dict):
@@ -139,33 +144,29 @@ def _write_level(plan: RunPlan, out: Path, parts_dir: Path, level: str, factor: 
             energy_j += float(power_w.sum() * resolution_s)
         info = w.close()
     del parts
-    stats = {"entities": int(ids.size), "energy_j": energy_j, "max_peak_w": float(peak.max()),
-             "mean_peak_w": float(peak.mean())}
+    stats = LevelStats(level=level, resolution_s=resolution_s, entities=int(ids.size),
+                       energy_j=energy_j, max_peak_w=float(peak.max()),
+                       mean_peak_w=float(peak.mean()))
     return {**info, "resolution_s": resolution_s, "format": "parquet"}, stats
 
 
-def assemble(plan: RunPlan, out: Path) -> tuple[list[dict], dict]:
+def assemble(plan: RunPlan, out: Path) -> tuple[list[dict], RunSummary]:
     """Write every output file of the run from ``out/.parts``; return (files, summary)."""
     parts_dir = out / ".parts"
     _check_parts(plan, parts_dir)
     grid = {"start_time": plan.config.start_time, "interval_s": INTERVAL_S,
             "n_steps": plan.n_steps}
-    files, site_stats = _write_site(plan, out, _site_sums(plan, parts_dir), grid)
-    summary = {"site": site_stats}
+    files, site_stats, ramp = _write_site(plan, out, _site_sums(plan, parts_dir), grid)
+    levels = []
     for level, factor in plan.level_factors.items():
         info, stats = _write_level(plan, out, parts_dir, level, factor, grid)
         files.append(info)
-        summary[level] = stats
-    shard_summaries = [m["summary"] for _, m in sorted(completed_shards(parts_dir).items())]
-    keys = ("deployment_steps", "requests_arrived", "requests_dropped", "requests_waiting_at_end",
-            "prefill_tokens", "decode_tokens", "running_request_steps")
-    workload = {k: sum(s[k] for s in shard_summaries) for k in keys}
-    workload["mean_running_per_deployment"] = (workload.pop("running_request_steps")
-                                               / max(workload["deployment_steps"], 1))
-    summary["workload"] = workload
-    summary["shards"] = [{k: s[k] for k in ("shard", "rack_start", "rack_stop", "deployments",
-                                            "wall_s")} for s in shard_summaries]
-    return files, summary
+        levels.append(stats)
+    shards = tuple(ShardSummary.from_dict(m["summary"])
+                   for _, m in sorted(completed_shards(parts_dir).items()))
+    workload = sum((s.workload for s in shards), WorkloadSummary.zero())
+    return files, RunSummary(site=tuple(site_stats), max_15min_ramp_w=ramp,
+                             levels=tuple(levels), workload=workload, shards=shards)
 
 
 def utc_now() -> str:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from distgen.errors import ConfigError
 
-AVAILABLE = ("numpy",)
-
 
 def gpu_status() -> str:
     """One line on whether CuPy and a CUDA device are present (for messages and manifests)."""

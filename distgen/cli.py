@@ -111,32 +111,31 @@ def _fmt_power(w: float) -> str:
 
 
 def format_summary(manifest: dict, out: Path) -> str:
+    from distgen.results import RunSummary, resolution_label
+
     t = manifest["topology"]
     grid = manifest["grid"]
-    s = manifest["summary"]
+    s = RunSummary.from_dict(manifest["summary"])
     lines = [f"{t['rows']} rows, {t['racks']} racks, {t['servers']} servers, {t['gpus']} GPUs, "
              f"{t['deployments']} deployments; {grid['duration_s'] / 3600:g} h from "
              f"{grid['start_time']} at {grid['interval_s']} s steps", ""]
     rows = []
-    for label, st in s["site"].items():
-        if not isinstance(st, dict):
-            continue
-        for kind, name in (("it", "site IT"), ("facility", "site facility")):
-            v = st[kind]
-            rows.append([name, label, _fmt_energy(v["energy_j"]), _fmt_power(v["mean_w"]),
-                         _fmt_power(v["peak_w"]), f"{v['peak_to_average']:.2f}"])
-    for level in ("rows", "racks", "servers", "deployments"):
-        if level in s:
-            v = s[level]
-            rows.append([f"{level} ({v['entities']})", "", _fmt_energy(v["energy_j"]), "",
-                         f"max {_fmt_power(v['max_peak_w'])}", ""])
+    for st in s.site:
+        label = resolution_label(st.resolution_s)
+        for v, name in ((st.it, "site IT"), (st.facility, "site facility")):
+            rows.append([name, label, _fmt_energy(v.energy_j), _fmt_power(v.mean_w),
+                         _fmt_power(v.peak_w), f"{v.peak_to_average:.2f}"])
+    for v in s.levels:
+        rows.append([f"{v.level} ({v.entities})", resolution_label(v.resolution_s),
+                     _fmt_energy(v.energy_j), "", f"max {_fmt_power(v.max_peak_w)}", ""])
     lines.append(_table(rows, ["level", "resolution", "energy", "mean", "peak", "PAR"]))
-    if "max_15min_ramp_w" in s["site"]:
-        lines.append(f"max 15-minute facility ramp: {_fmt_power(s['site']['max_15min_ramp_w'])}")
-    w = s["workload"]
-    lines.append(f"requests: {w['requests_arrived']:,} served or queued, "
-                 f"{w['requests_dropped']:,} dropped (queue full), "
-                 f"mean {w['mean_running_per_deployment']:.2f} running per deployment")
+    if s.max_15min_ramp_w is not None:
+        lines.append(f"max 15-minute facility ramp (15-min means): "
+                     f"{_fmt_power(s.max_15min_ramp_w)}")
+    w = s.workload
+    lines.append(f"requests: {w.requests_arrived:,} served or queued, "
+                 f"{w.requests_dropped:,} dropped (queue full), "
+                 f"mean {w.mean_running_per_deployment:.2f} running per deployment")
     lines.append("")
     lines.append(f"wrote {len(manifest['files'])} files and manifest.json to {out}/")
     return "\n".join(lines)
@@ -163,12 +162,10 @@ def cmd_generate(args) -> int:
 
     config = _load_run_config(args)
     progress = Progress(enabled=not args.quiet)
-    executor, execution = None, {}
-    if args.executor == "ray":
-        from distgen.distributed import ray_executor
-        executor, execution = ray_executor(config)
+    from distgen.distributed import make_executor
+    executor = make_executor(args.executor, config)
     manifest = generate(config, args.out, overwrite=args.overwrite, resume=args.resume,
-                        executor=executor, progress=progress, execution=execution)
+                        executor=executor, progress=progress)
     if not args.quiet:
         print(format_summary(manifest, Path(args.out)))
     return 0
@@ -177,8 +174,7 @@ def cmd_generate(args) -> int:
 # ------------------------------------------------------------------ sweep / bench
 
 def cmd_sweep(args) -> int:
-    from distgen.distributed.sweep import run_sweep
-    from distgen.sweep import format_sweep, load_sweep
+    from distgen.sweep import format_sweep, load_sweep, run_sweep
 
     spec = load_sweep(args.sweep)
     out = args.out or spec.out or str(Path("sweeps") / Path(args.sweep).stem)

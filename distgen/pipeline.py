@@ -26,25 +26,21 @@ from distgen.backend import resolve_backend
 from distgen.config import config_hash
 from distgen.config.schema import RunConfig
 from distgen.config.validate import expand_row_serving, start_hour_of_day, validate
+from distgen.core.grid import INTERVAL_S, steps_of
 from distgen.engine.deployments import (DeploymentBatch, PackedModels, ReplayArrivals,
                                         SyntheticArrivals, gamma_gap_quantiles)
-from distgen.engine.kernel import S_ARRIVED, S_DECODE_TOKENS, S_PREFILL_TOKENS, S_RUNNING_SUM
+from distgen.engine.records import S_ARRIVED, S_DECODE_TOKENS, S_PREFILL_TOKENS, S_RUNNING_SUM
 from distgen.engine.reduce import non_gpu_mw, sum_groups
 from distgen.engine.resample import BlockSummer
 from distgen.model.artifact import ModelLibrary
+from distgen.results import ShardSummary, WorkloadSummary
 from distgen.topology import Shard, Topology, plan_shards
 from distgen.workload.rates import rate_multipliers, rate_state_init
 
-INTERVAL_S = 0.25
 #: Chunk steps are capped so that one chunk's (servers x steps) int64 array stays near this.
 CHUNK_ELEMENTS = 1 << 22
-LEVELS = ("rows", "racks", "servers", "deployments")
 
 ProgressFn = Callable[[int], None]
-
-
-def steps_of(seconds: float) -> int:
-    return int(round(seconds / INTERVAL_S))
 
 
 @dataclass(frozen=True)
@@ -122,7 +118,7 @@ class ShardChunk:
 class ShardGenerator:
     """Iterates over the time chunks of one shard (see :class:`ShardChunk`).
 
-    After the iteration, :meth:`summary` describes the shard's workload.
+    After the iteration, :meth:`workload` describes the shard's work.
     """
 
     def __init__(self, plan: RunPlan, shard: Shard, library: ModelLibrary,
@@ -161,7 +157,7 @@ class ShardGenerator:
             self.gamma_q = gamma_gap_quantiles(traffic.burstiness if traffic.arrivals == "gamma"
                                                else 1.0)
             self.steps_per_interval = steps_of(traffic.modulation.interval_s)
-            self.rate_state = rate_state_init(traffic, fleet, cfg.seed)
+            self.rate_state = rate_state_init(fleet)
             self.start_hour = start_hour_of_day(cfg)
             self._rate_cache: tuple[int, np.ndarray] | None = None
 
@@ -215,21 +211,18 @@ class ShardGenerator:
             rows = sum_groups(racks, self.rack_row)
             yield ShardChunk(out0, servers, racks, rows, deployments)
 
-    def summary(self) -> dict:
+    def workload(self) -> WorkloadSummary:
+        """The shard's work in the output period (call after iterating)."""
         b = self.batch
-        steps = self.plan.n_steps
-        return {
-            "deployments": self.fleet.n_deployments,
-            "servers": self.fleet.n_servers,
-            "deployment_steps": self.fleet.n_deployments * steps,
-            "requests_arrived": int(b.stats[:, S_ARRIVED].sum()),
-            "requests_dropped": int(b.serving_state.dropped.sum()),
-            "requests_waiting_at_end": int(b.serving_state.wait_n.sum()),
-            "running_request_steps": int(np.rint(b.stats[:, S_RUNNING_SUM]).sum()),
+        return WorkloadSummary(
+            deployment_steps=self.fleet.n_deployments * self.plan.n_steps,
+            requests_arrived=int(b.stats[:, S_ARRIVED].sum()),
+            requests_dropped=int(b.serving_state.dropped.sum()),
+            requests_waiting_at_end=int(b.serving_state.wait_n.sum()),
+            running_request_steps=int(np.rint(b.stats[:, S_RUNNING_SUM]).sum()),
             # whole tokens per deployment, so the totals are exact integer sums for any cut
-            "prefill_tokens": int(np.rint(b.stats[:, S_PREFILL_TOKENS]).sum()),
-            "decode_tokens": int(np.rint(b.stats[:, S_DECODE_TOKENS]).sum()),
-        }
+            prefill_tokens=int(np.rint(b.stats[:, S_PREFILL_TOKENS]).sum()),
+            decode_tokens=int(np.rint(b.stats[:, S_DECODE_TOKENS]).sum()))
 
 
 def shard_streams(plan: RunPlan, shard: Shard) -> dict[str, tuple[np.ndarray, int]]:
@@ -246,7 +239,7 @@ def shard_streams(plan: RunPlan, shard: Shard) -> dict[str, tuple[np.ndarray, in
 
 def run_shard(plan: RunPlan, shard: Shard, library: ModelLibrary, parts_dir,
               *, replay_requests: "ReplayRequests | None" = None,
-              progress: ProgressFn | None = None) -> dict:
+              progress: ProgressFn | None = None) -> ShardSummary:
     """Generate one shard and commit its streams under ``parts_dir`` (idempotent on retry).
 
     Returns the shard's summary (also stored in its done marker).
@@ -268,10 +261,12 @@ def run_shard(plan: RunPlan, shard: Shard, library: ModelLibrary, parts_dir,
                     written[name] += sums.shape[1]
             if progress is not None:
                 progress(gen.fleet.n_deployments * chunk.n_steps)
-        summary = {**gen.summary(), "shard": shard.index, "rack_start": shard.rack_start,
-                   "rack_stop": shard.rack_stop, "wall_s": time.perf_counter() - t0,
-                   "config_hash": config_hash(plan.config)}
-        writer.commit(summary)
+        summary = ShardSummary(
+            shard=shard.index, rack_start=shard.rack_start, rack_stop=shard.rack_stop,
+            deployments=gen.fleet.n_deployments, servers=gen.fleet.n_servers,
+            workload=gen.workload(), wall_s=time.perf_counter() - t0,
+            inputs_sha256=config_hash(plan.config))
+        writer.commit(summary.to_dict())
     return summary
 
 

@@ -43,12 +43,9 @@ class Progress:
         self.done += deployment_steps
         self._maybe_show()
 
-    def shard_done(self) -> None:
+    def shard_done(self, record=None) -> None:
+        """A shard finished (``record``: its :class:`~distgen.distributed.jobs.ShardRecord`)."""
         self.shards_done += 1
-        self._maybe_show()
-
-    def set(self, deployment_steps: int, shards_done: int) -> None:
-        self.done, self.shards_done = deployment_steps, shards_done
         self._maybe_show()
 
     def line(self) -> str:

@@ -15,7 +15,6 @@ from distgen.config import (
     BACKENDS,
     BURST_KINDS,
     ROUTINGS,
-    TOKEN_SOURCES,
     TRAFFIC_MODES,
     ConfigFileError,
     FacilityConfig,
@@ -301,8 +300,6 @@ INVALID = [
     (["traffic.site_rate_rps=-1"], "traffic.site_rate_rps", [">= 0"]),
     (["traffic.arrivals=weibull"], "traffic.arrivals", _choices(ARRIVAL_KINDS)),
     (["traffic.burstiness=0"], "traffic.burstiness", ["> 0"]),
-    (["traffic.tokens=uniform"], "traffic.tokens", _choices(TOKEN_SOURCES)),
-    (["traffic.tokens=trace"], "traffic.tokens", ["'replay'", "'fitted'"]),
     (["traffic.mode=replay"], "traffic.replay.path", ["replay", "path"]),
     (["traffic.mode=replay", "traffic.replay.path=/nonexistent/trace.csv"],
      "traffic.replay.path", ["/nonexistent/trace.csv", "not found"]),
@@ -347,7 +344,7 @@ def test_valid_edge_values(tmp_path):
         "traffic.modulation.cv=0", "traffic.modulation.rho_site=1",
         "traffic.modulation.rho_row=0", "traffic.bursts.kind=mmpp",
         "traffic.bursts.high_factor=1", "traffic.mode=replay", f"traffic.replay.path={trace}",
-        "traffic.tokens=trace", "traffic.site_rate_rps=0", "ray.num_gpus_per_task=0",
+        "traffic.site_rate_rps=0", "ray.num_gpus_per_task=0",
         "ray.max_retries=0", "ray.address=auto", "start_time=2026-07-01T12:00:00+02:00",
     ])
     assert validate(cfg) is cfg

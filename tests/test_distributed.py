@@ -76,8 +76,8 @@ def local_ray():
     if ray.is_initialized():
         ray.shutdown()
     saved = os.environ.pop("RAY_ADDRESS", None)
-    executor, info = ray_executor(small_config(), num_cpus=2)
-    yield info
+    executor = ray_executor(small_config(), num_cpus=2)
+    yield executor.info
     ray.shutdown()
     if saved is not None:
         os.environ["RAY_ADDRESS"] = saved
@@ -87,7 +87,7 @@ def local_ray():
 
 def test_unreachable_address_fails_fast(tmp_path):
     from distgen.distributed import ray_executor
-    from distgen.distributed.localcluster import free_port
+    from localcluster import free_port
 
     if ray.is_initialized():
         ray.shutdown()
@@ -117,7 +117,7 @@ def test_address_of_something_else_fails_fast():
 
 def test_cli_unreachable_address(tmp_path, capsys):
     from distgen.cli import main
-    from distgen.distributed.localcluster import free_port
+    from localcluster import free_port
 
     address = f"127.0.0.1:{free_port()}"
     code = main(["generate", str(DEMO), *SMALL, "--out", str(tmp_path / "o"), "--quiet",
@@ -128,13 +128,13 @@ def test_cli_unreachable_address(tmp_path, capsys):
 
 
 def test_task_refuses_an_output_folder_that_is_not_shared(tmp_path, monkeypatch):
-    from distgen.distributed import executor
+    from distgen.distributed import jobs
 
-    monkeypatch.setattr(executor, "SHARED_CHECK_WAIT_S", 0.0)
+    monkeypatch.setattr(jobs, "SHARED_CHECK_WAIT_S", 0.0)
     (tmp_path / ".shared-check-abc").write_text("x")
-    executor.check_shared_folder(str(tmp_path), ".shared-check-abc")  # the driver's folder
+    jobs.check_shared_folder(str(tmp_path), ".shared-check-abc")  # the driver's folder
     with pytest.raises(DistgenError, match="not shared"):
-        executor.check_shared_folder(str(tmp_path), ".shared-check-other")
+        jobs.check_shared_folder(str(tmp_path), ".shared-check-other")
 
 
 def test_hyperscale_preset_plans_and_runs_a_shard(tmp_path):
@@ -156,7 +156,7 @@ def test_hyperscale_preset_plans_and_runs_a_shard(tmp_path):
                                          "output.rows_resolution_s=1",
                                          "output.site_csv_resolution_s=null"]), library)
     summary = run_shard(plan, plan.shards[0], library, tmp_path)
-    assert summary["deployments"] == sizes[0]
+    assert summary.deployments == sizes[0]
     assert 0 in completed_shards(tmp_path)
 
 
@@ -169,17 +169,16 @@ def test_ray_output_identical_to_local(local_ray, tmp_path, shards):
 
     one = generate(small_config("shards=1"), tmp_path / "local1")
     ref = generate(small_config(f"shards={shards}"), tmp_path / "local")
-    executor, info = ray_executor(small_config(f"shards={shards}"))
-    m = generate(small_config(f"shards={shards}"), tmp_path / "ray", executor=executor,
-                 execution=info)
+    executor = ray_executor(small_config(f"shards={shards}"))
+    m = generate(small_config(f"shards={shards}"), tmp_path / "ray", executor=executor)
     assert_same_data(tmp_path / "local", tmp_path / "ray")
     assert_same_data(tmp_path / "local1", tmp_path / "ray")  # any shard count
     assert_same_summary(m, ref)
     assert_same_summary(m, one)
     ex = m["execution"]
-    assert ex["executor"] == "ray" and ex["ray_tasks"] == shards and ex["shards"] == shards
+    assert ex["executor"] == "ray" and ex["tasks"] == shards and ex["shards"] == shards
     assert ex["ray_address"].startswith("127.0.0.1:") and ex["ray_cpus"] == 2
-    assert len(executor.tasks) == shards
+    assert ex["task_attempts"] == shards and ex["retried_shards"] == []
 
 
 @pytest.mark.ray
@@ -198,6 +197,7 @@ def test_gpu_task_on_cpu_only_cluster_fails_fast(local_ray):
 def test_bad_input_in_a_task_is_not_retried(local_ray, tmp_path):
     """A DistgenError raised inside a task fails the run at once with the shard named."""
     from distgen.distributed import RayExecutor
+    from distgen.driver import run_shards
     from distgen.model.artifact import ModelLibrary
     from distgen.pipeline import plan_run
 
@@ -207,8 +207,10 @@ def test_bad_input_in_a_task_is_not_retried(local_ray, tmp_path):
     broken = ModelLibrary({}, library.source, library.version)  # every model missing
     executor = RayExecutor(cfg.ray, {})
     t0 = time.monotonic()
+    parts = tmp_path / ".parts"
+    parts.mkdir()
     with pytest.raises(DistgenError, match=r"shard \d .*not in the model library"):
-        executor(plan, list(plan.shards), broken, tmp_path / ".parts", None, None)
+        run_shards(executor, plan, list(plan.shards), broken, parts, None)
     assert time.monotonic() - t0 < 30
 
 
@@ -223,8 +225,8 @@ class _StopAfter(Progress):
         super().__init__(enabled=False)
         self.n = n
 
-    def shard_done(self):
-        super().shard_done()
+    def shard_done(self, record=None):
+        super().shard_done(record)
         if self.shards_done >= self.n:
             raise Interrupted
 
@@ -235,29 +237,29 @@ def test_resume_recomputes_only_unfinished_shards(local_ray, tmp_path):
 
     cfg = small_config("shards=6", "duration_s=3600")
     out = tmp_path / "run"
-    executor, info = ray_executor(cfg)
+    executor = ray_executor(cfg)
     with pytest.raises(Interrupted):
-        generate(cfg, out, executor=executor, execution=info, progress=_StopAfter(2))
+        generate(cfg, out, executor=executor, progress=_StopAfter(2))
     assert not (out / "manifest.json").exists()
     done = completed_shards(out / ".parts")
     assert 2 <= len(done) < 6
     stamps = {i: (out / ".parts" / f"shard-{i:05d}.json").stat().st_mtime_ns for i in done}
 
-    seen = []
+    seen, ran = [], []
 
     class Watch(Progress):
-        def shard_done(self):
-            super().shard_done()
+        def shard_done(self, record=None):
+            super().shard_done(record)
+            ran.append(record.summary.shard)
             # shards kept from the interrupted run are never rewritten
             seen.append({i: (out / ".parts" / f"shard-{i:05d}.json").stat().st_mtime_ns
                          for i in stamps})
 
-    executor, info = ray_executor(cfg)
-    m = generate(cfg, out, resume=True, executor=executor, execution=info,
-                 progress=Watch(enabled=False))
+    executor = ray_executor(cfg)
+    m = generate(cfg, out, resume=True, executor=executor, progress=Watch(enabled=False))
     assert m["execution"]["resumed_shards"] == len(done)
-    assert m["execution"]["ray_tasks"] == 6 - len(done) == len(executor.tasks)
-    assert {t["summary"]["shard"] for t in executor.tasks} == set(range(6)) - set(done)
+    assert m["execution"]["tasks"] == 6 - len(done) == len(ran)
+    assert set(ran) == set(range(6)) - set(done)
     assert seen and all(s == stamps for s in seen)
 
     fresh = generate(cfg, tmp_path / "fresh")
@@ -280,7 +282,7 @@ def test_worker_node_killed_mid_run(tmp_path, monkeypatch):
     """Head + 2 worker nodes (1 CPU each) as separate processes; worker node 0 is killed as
     soon as the first shard commits. The run completes on the other node with the same data."""
     from distgen.distributed import connect, ray_executor
-    from distgen.distributed.localcluster import LocalCluster
+    from localcluster import LocalCluster
 
     if ray.is_initialized():
         ray.shutdown()
@@ -293,7 +295,8 @@ def test_worker_node_killed_mid_run(tmp_path, monkeypatch):
         cfg = load_config(DEMO, [*cfg_args, f"ray.address={cluster.address}"])
         connect(cluster.address)
         cluster.wait_for_nodes(3)
-        executor, info = ray_executor(cfg)
+        executor = ray_executor(cfg)
+        info = executor.info
         assert info["ray_nodes"] == 3 and info["ray_cpus"] == 2
         out = tmp_path / "ray"
         killed = {}
@@ -312,14 +315,14 @@ def test_worker_node_killed_mid_run(tmp_path, monkeypatch):
         watcher = threading.Thread(target=killer, daemon=True)
         watcher.start()
         try:
-            m = generate(cfg, out, executor=executor, execution=info)
+            m = generate(cfg, out, executor=executor)
             watcher.join(timeout=5)
             nodes = ray.nodes()
         finally:
             ray.shutdown()
     assert killed and killed["at_done"] < 6
     assert sum(1 for n in nodes if not n["Alive"]) == 1
-    assert m["execution"]["ray_tasks"] == 6
+    assert m["execution"]["tasks"] == 6
 
     ref = generate(ref_cfg, tmp_path / "local")
     assert_same_data(out, tmp_path / "local")

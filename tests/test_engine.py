@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 
 from distgen.engine.deployments import (DeploymentBatch, PackedModels, ReplayArrivals,
                                         SyntheticArrivals, gamma_gap_quantiles, replay_power)
-from distgen.engine.kernel import S_ARRIVED, S_RUNNING_SUM
+from distgen.engine.records import S_ARRIVED, S_RUNNING_SUM
 from distgen.engine.reduce import non_gpu_mw, sum_groups
-from distgen.engine.resample import MW_PER_W, BlockSummer, block_means_w, coarsen_sums
+from distgen.core.grid import MW_PER_W
+from distgen.engine.resample import BlockSummer, block_means_w, coarsen_sums
 from distgen.model.artifact import ModelLibrary
 from distgen.workload.serving import (F_DECODE_TOKENS, F_PREFILL_TOKENS, F_RUNNING, F_WAITING,
                                       ServingParams, replay_workload)
@@ -279,7 +280,14 @@ def _assert_same_stats(b1, b2):
     rounding depends on the chunking (relative 1e-15)."""
     np.testing.assert_array_equal(b1.stats[:, S_ARRIVED], b2.stats[:, S_ARRIVED])
     np.testing.assert_allclose(b1.stats, b2.stats, rtol=1e-12)
-    np.testing.assert_array_equal(b1.state, b2.state)
+    for name, a in b1.state._asdict().items():   # every carried array, bit for bit
+        if name == "serving":
+            for sname, sa in a._asdict().items():
+                np.testing.assert_array_equal(sa, getattr(b2.state.serving, sname), err_msg=sname)
+        else:
+            np.testing.assert_array_equal(a, getattr(b2.state, name), err_msg=name)
+
+
 UNEVEN = [1, 0, 7, 240, 13, 400, 1, 538]   # sums to N_STEPS, includes an empty chunk
 
 
@@ -308,7 +316,7 @@ def test_kernel_determinism_and_seeds(packed_qwen, offset):
                    offset=offset)
     assert (a != c).mean() > 0.5   # another seed: (almost) every sample differs
     # power is physical: inside the model's clamp range
-    lo, hi = packed_qwen.clamp_w[0]
+    lo, hi = packed_qwen.tables.clamp_w[0]
     assert a.min() >= lo * 1000 - 1 and a.max() <= hi * 1000 + 1
 
 
@@ -427,12 +435,12 @@ def _steady_run(qwen, rate_rps, n_dep=32, n_steps=2400, seed=5):
     workload = np.zeros((n_dep, n_steps + 1, 2))   # running, prefill tokens
     batch.advance(0, 0, np.zeros((n_dep, 0), np.int64), synthetic=syn)  # computes step 0 load
     for k in range(n_steps):
-        workload[:, k] = batch.pending[:, :2]
+        workload[:, k] = batch.state.pending[:, :2]
         d = np.zeros((n_dep, 1), np.int32)
         batch.advance(k, 1, np.zeros((n_dep, 1), np.int64), synthetic=syn, deployment_mw=d)
-        states[:, k] = batch.state
+        states[:, k] = batch.state.chain_state
         power_mw[:, k] = d[:, 0]
-    workload[:, n_steps] = batch.pending[:, :2]
+    workload[:, n_steps] = batch.state.pending[:, :2]
     return states, power_mw / 1000.0, workload, batch
 
 

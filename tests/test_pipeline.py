@@ -356,17 +356,18 @@ def test_second_run_replaces_previous_output(tmp_path, library):
 
 
 def test_manifest_written_last_and_interrupted_run_is_incomplete(tmp_path, library):
-    from distgen.driver import run_shards_local
+    from distgen.distributed import LocalExecutor
     from distgen.io.outdir import is_complete, is_ours
 
     out = tmp_path / "o"
 
-    def crash_after_first_shard(plan, shards, lib, parts, replay, progress=None):
-        run_shards_local(plan, shards[:1], lib, parts, replay, progress)
-        raise RuntimeError("node lost")
+    class CrashAfterFirstShard(LocalExecutor):
+        def map(self, job, items, **kw):
+            super().map(job, list(items)[:1], **kw)
+            raise RuntimeError("node lost")
 
     with pytest.raises(RuntimeError):
-        run(config("shards=2"), out, library=library, executor=crash_after_first_shard)
+        run(config("shards=2"), out, library=library, executor=CrashAfterFirstShard())
     assert not (out / "manifest.json").exists()
     assert not is_complete(out) and is_ours(out)
     assert parquet_files(out) == []

@@ -23,7 +23,7 @@ def _traffic(**mod):
 
 
 def _run(traffic, fleet, seed, n, start_hour=0.0):
-    st = rate_state_init(traffic, fleet, seed)
+    st = rate_state_init(fleet)
     m, _ = rate_multipliers(traffic, fleet, seed, st, 0, n, start_hour)
     return m
 
@@ -122,12 +122,6 @@ def test_all_site_share_is_identical_across_fleet():
     np.testing.assert_array_equal(m, np.broadcast_to(m[0], m.shape))
 
 
-def test_invalid_shares_rejected():
-    fleet = _topo().fleet()
-    with pytest.raises(ValueError):
-        rate_state_init(_traffic(rho_site=0.8, rho_row=0.3), fleet, 0)
-
-
 # ---------------------------------------------------------------------------------------------
 # bursts
 
@@ -188,7 +182,7 @@ def test_chunking_invariance():
     tr = _full_traffic()
     fleet = _topo().fleet()
     seed, hour = 77, 9.5
-    st0 = rate_state_init(tr, fleet, seed)
+    st0 = rate_state_init(fleet)
     whole, st_whole = rate_multipliers(tr, fleet, seed, st0, 0, 17, hour)
     a, st = rate_multipliers(tr, fleet, seed, st0, 0, 10, hour)
     b, st = rate_multipliers(tr, fleet, seed, st, 10, 7, hour)
@@ -223,7 +217,7 @@ def test_slice_invariance():
     assert (full.deployment_uid[idx] == part.deployment_uid).all()
     np.testing.assert_array_equal(m_part, m_full[idx])
     # chunked on the slice too
-    st = rate_state_init(tr, part, seed)
+    st = rate_state_init(part)
     a, st = rate_multipliers(tr, part, seed, st, 0, 25, 3.0)
     b, st = rate_multipliers(tr, part, seed, st, 25, 15, 3.0)
     np.testing.assert_array_equal(np.concatenate([a, b], axis=1), m_full[idx])

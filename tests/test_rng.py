@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from distgen.engine import rng
+from distgen.core import rng
 
 M64 = (1 << 64) - 1
 G = 0x9E3779B97F4A7C15

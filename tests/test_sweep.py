@@ -91,7 +91,7 @@ def test_demo_sweep_file_plans():
 
 
 def test_local_sweep_and_resume(tmp_path):
-    from distgen.distributed.sweep import run_sweep
+    from distgen.sweep import run_sweep
 
     spec = tiny_sweep()
     rows, files = run_sweep(spec, tmp_path / "s", executor="local")
@@ -138,7 +138,7 @@ def _read_table(folder: Path):
 @pytest.mark.ray
 def test_ray_sweep_tiny_grid_and_resume(local_ray, tmp_path, capsys):
     from distgen.cli import main
-    from distgen.distributed.sweep import run_sweep
+    from distgen.sweep import run_sweep
 
     spec = tiny_sweep()
     out = tmp_path / "sweep"

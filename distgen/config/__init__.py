@@ -15,9 +15,7 @@ from distgen.config.schema import (
     ARRIVAL_KINDS,
     BACKENDS,
     BURST_KINDS,
-    LEVELS,
     ROUTINGS,
-    TOKEN_SOURCES,
     TRAFFIC_MODES,
     BurstConfig,
     DiurnalConfig,
@@ -39,7 +37,7 @@ from distgen.config.validate import (
 )
 
 __all__ = [
-    "ARRIVAL_KINDS", "BACKENDS", "BURST_KINDS", "LEVELS", "ROUTINGS", "TOKEN_SOURCES",
+    "ARRIVAL_KINDS", "BACKENDS", "BURST_KINDS", "ROUTINGS",
     "TRAFFIC_MODES",
     "BurstConfig", "ConfigFileError", "DiurnalConfig", "FacilityConfig", "ModulationConfig",
     "NonGpuConfig", "OutputConfig", "RayConfig", "ReplayConfig", "RunConfig", "TrafficConfig",

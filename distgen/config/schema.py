@@ -13,9 +13,7 @@ BACKENDS = ("numpy", "cupy", "auto")
 ROUTINGS = ("random", "round_robin", "least_loaded")
 ARRIVAL_KINDS = ("poisson", "gamma")
 BURST_KINDS = ("none", "mmpp")
-TOKEN_SOURCES = ("fitted", "trace")
 TRAFFIC_MODES = ("synthetic", "replay")
-LEVELS = ("site", "rows", "racks", "servers", "deployments")
 
 
 @dataclass(frozen=True)
@@ -125,7 +123,7 @@ class TrafficConfig:
     deployment's arrivals are a renewal process (``poisson``, or ``gamma`` with shape
     ``burstiness``: < 1 bursty, > 1 smooth, as in vLLM's benchmark client) in operational time of
     its modulated rate. Token lengths come from the serving configuration's fitted
-    distributions (``tokens = fitted``) or, in replay mode, from the trace (``tokens = trace``).
+    distributions; in ``replay`` mode, from the trace.
     """
 
     mode: str = "synthetic"
@@ -135,7 +133,6 @@ class TrafficConfig:
     diurnal: DiurnalConfig = field(default_factory=DiurnalConfig)
     modulation: ModulationConfig = field(default_factory=ModulationConfig)
     bursts: BurstConfig = field(default_factory=BurstConfig)
-    tokens: str = "fitted"
     replay: ReplayConfig = field(default_factory=ReplayConfig)
 
 

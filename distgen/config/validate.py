@@ -17,14 +17,12 @@ from distgen.config.schema import (
     BACKENDS,
     BURST_KINDS,
     ROUTINGS,
-    TOKEN_SOURCES,
     TRAFFIC_MODES,
     RunConfig,
 )
+from distgen.core.grid import INTERVAL_S, is_step_multiple
 from distgen.errors import ConfigError
 
-#: The base time step of every trace (seconds); durations and resolutions are multiples of it.
-STEP_S = 0.25
 
 
 # --------------------------------------------------------------------------- helpers
@@ -66,16 +64,12 @@ def _positive(key: str, value) -> float:
     return x
 
 
-def _is_multiple(x: float, q: float) -> bool:
-    r = x / q
-    return abs(r - round(r)) <= 1e-9 * max(1.0, abs(r))
-
 
 def _step_multiple(key: str, value) -> float:
     """A positive multiple of the 0.25 s base step."""
     x = _num(key, value)
-    if not x > 0 or not _is_multiple(x, STEP_S):
-        raise ConfigError(key, f"must be a positive multiple of {STEP_S} s, got {value!r}")
+    if not x > 0 or not is_step_multiple(x, INTERVAL_S):
+        raise ConfigError(key, f"must be a positive multiple of {INTERVAL_S} s, got {value!r}")
     return x
 
 
@@ -188,14 +182,14 @@ def validate(cfg: RunConfig, *, known_serving: Mapping[str, int] | None = None) 
         seen.add(float(r))
     for key, r in output_resolutions(cfg).items():
         _step_multiple(key, r)
-        if not _is_multiple(duration, float(r)):
+        if not is_step_multiple(duration, float(r)):
             raise ConfigError(key, f"resolution {r!r} s must divide duration_s = {duration:g} s")
 
     # ---- chunking: any length works (block sums carry across chunks)
     _step_multiple("chunk_s", cfg.chunk_s)
     warmup = _num("warmup_s", cfg.warmup_s)
-    if warmup < 0 or not _is_multiple(warmup, STEP_S):
-        raise ConfigError("warmup_s", f"must be 0 or a positive multiple of {STEP_S} s, "
+    if warmup < 0 or not is_step_multiple(warmup, INTERVAL_S):
+        raise ConfigError("warmup_s", f"must be 0 or a positive multiple of {INTERVAL_S} s, "
                           f"got {cfg.warmup_s!r}")
 
     # ---- ray
@@ -259,11 +253,6 @@ def _validate_traffic(cfg: RunConfig) -> None:
     _at_least("traffic.site_rate_rps", tr.site_rate_rps, 0.0)
     _choice("traffic.arrivals", tr.arrivals, ARRIVAL_KINDS)
     _positive("traffic.burstiness", tr.burstiness)
-    _choice("traffic.tokens", tr.tokens, TOKEN_SOURCES)
-    if tr.tokens == "trace" and tr.mode != "replay":
-        raise ConfigError("traffic.tokens",
-                          f"'trace' needs traffic.mode = 'replay' (mode is {tr.mode!r}); "
-                          f"use 'fitted' in synthetic mode")
 
     d = tr.diurnal
     peak = _num("traffic.diurnal.peak_hour", d.peak_hour)

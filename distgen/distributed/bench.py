@@ -27,10 +27,11 @@ BUILTIN = [
 
 
 class _Clock:
-    """A progress sink that only times the shard phase (driver calls start / finish)."""
+    """A progress sink that times the shard phase (driver calls start / finish)."""
 
-    def __init__(self):
+    def __init__(self, records: list):
         self.t_start = self.t_finish = None
+        self.records = records
 
     def start(self, plan, shards):
         self.t_start = time.perf_counter()
@@ -38,11 +39,8 @@ class _Clock:
     def advance(self, n):
         pass
 
-    def shard_done(self):
-        pass
-
-    def set(self, n, shards):
-        pass
+    def shard_done(self, record=None):
+        self.records.append(record)
 
     def finish(self):
         self.t_finish = time.perf_counter()
@@ -87,43 +85,28 @@ def run_bench(config, *, executor: str = "ray", num_cpus: int | None = None,
 
     library = ModelLibrary.load(config.model_library)
     plan = plan_run(config, library)
-    info: dict = {}
-    ex = None
-    if executor == "ray":  # joins the Ray this process is connected to, if any
-        from distgen.distributed.executor import ray_executor
-        ex, info = ray_executor(config, num_cpus=num_cpus)
-    elif executor != "local":
-        from distgen.errors import DistgenError
-        raise DistgenError(f"unknown executor {executor!r}; use 'ray' or 'local'")
+    from distgen.distributed.executor import make_executor
+    ex = make_executor(executor, config, num_cpus=num_cpus)
     tmp = Path(keep_dir) if keep_dir else Path(tempfile.mkdtemp(prefix="distgen-bench-"))
+    records = []
     try:
         if warmup:
-            generate(_warmup_config(config), tmp / "warmup", library=library, executor=ex,
-                     execution=dict(info))
-        clock = _Clock()
+            generate(_warmup_config(config), tmp / "warmup", library=library, executor=ex)
+        clock = _Clock(records)
         t0 = time.perf_counter()
-        manifest = generate(config, tmp / "run", library=library, executor=ex,
-                            execution=dict(info), progress=clock)
+        manifest = generate(config, tmp / "run", library=library, executor=ex, progress=clock)
         wall = time.perf_counter() - t0
     finally:
         if not keep_dir:
             shutil.rmtree(tmp, ignore_errors=True)
     run_s = clock.t_finish - clock.t_start
-    from distgen.pipeline import steps_of
+    from distgen.core.grid import steps_of
     warmup_s = float(getattr(config, "warmup_s", 0.0) or 0.0)
     steps = plan.n_steps + steps_of(warmup_s)  # the kernel also runs the warm-up
-    if ex is not None:
-        tasks = [{"shard": t["summary"]["shard"], "worker": f"{t['host']}:{t['pid']}",
-                  "wall_s": t["wall_s"], "deployment_steps": t["summary"]["deployments"] * steps,
-                  "rss_before_mb": t["rss_before_kb"] / 1024,
-                  "peak_rss_mb": t["peak_rss_kb"] / 1024} for t in ex.tasks]
-    else:
-        import os
-        import socket
-        me = f"{socket.gethostname()}:{os.getpid()}"
-        tasks = [{"shard": s["shard"], "worker": me, "wall_s": s["wall_s"],
-                  "deployment_steps": s["deployments"] * steps, "rss_before_mb": None,
-                  "peak_rss_mb": None} for s in manifest["summary"]["shards"]]
+    tasks = [{"shard": r.summary.shard, "worker": f"{r.host}:{r.pid}", "wall_s": r.wall_s,
+              "deployment_steps": r.summary.deployments * steps,
+              "peak_rss_mb": r.peak_rss_kb / 1024 if executor == "ray" else None}
+             for r in records]
     workers: dict[str, dict] = {}
     for t in tasks:
         w = workers.setdefault(t["worker"], {"worker": t["worker"], "tasks": 0, "busy_s": 0.0,
@@ -144,7 +127,7 @@ def run_bench(config, *, executor: str = "ray", num_cpus: int | None = None,
         "assemble_s": wall - run_s, "total_rate": total / run_s if run_s > 0 else 0.0,
         "task_s": sum(t["wall_s"] for t in tasks),
         "workers": sorted(workers.values(), key=lambda w: w["worker"]), "tasks": tasks,
-        "cluster": {k: v for k, v in info.items() if k.startswith("ray_")},
+        "cluster": {k: v for k, v in ex.info.items() if k.startswith("ray_")},
         "num_cpus_per_task": config.ray.num_cpus_per_task,
     }
 

@@ -7,8 +7,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import gammaincinv, ndtr
 
-from distgen.engine.kernel import MODE_REPLAY, MODE_SYNTHETIC, N_STATS, fleet_kernel
-from distgen.engine.rng import KIND_DEPLOYMENT, KIND_REQUEST, entity_key
+from distgen.core.grid import INTERVAL_S
+from distgen.core.rng import KIND_DEPLOYMENT, KIND_REQUEST, entity_key
+from distgen.engine.kernel import fleet_kernel
+from distgen.engine.records import (MODE_REPLAY, MODE_SYNTHETIC, N_STATS, CarriedState, Chunk,
+                                    Deployments, ModelTables, Outputs, ReplayInputs,
+                                    SyntheticInputs)
 from distgen.model.artifact import PowerModel
 from distgen.workload.serving import N_FEATURES, ServingState
 
@@ -22,22 +26,11 @@ DEFAULT_QUEUE_CAPACITY = 4096
 
 @dataclass(frozen=True)
 class PackedModels:
-    """Power models packed into padded arrays for the kernel (index = position in ``ids``)."""
+    """Power models packed into the kernel's :class:`ModelTables` (index = position in ``ids``).
+    """
 
     ids: tuple[str, ...]
-    table_cum: np.ndarray   # (M, K, cells, K) cumulative transition probabilities
-    n_states: np.ndarray    # (M,) int32
-    power_of_z: np.ndarray  # (M, K, Z) [W] state power at the latent normal grid Z_GRID
-    phi: np.ndarray         # (M, K) latent AR(1) coefficient
-    innovation: np.ndarray  # (M, K) sqrt(1 - phi^2)
-    clamp_w: np.ndarray     # (M, 2)
-    serving: np.ndarray     # (M, 5) ServingParams.as_array()
-    iterations_per_s: np.ndarray  # (M, seq capacity + 1) ServingParams.iterations_per_s()
-    tok_in: np.ndarray      # (M, Q) input-token quantiles
-    tok_out: np.ndarray     # (M, Q)
-    running_bin: np.ndarray  # running-bin index of each running count 0..seq capacity
-    prefill_th: np.ndarray
-    n_prefill_bins: int
+    tables: ModelTables
 
     @classmethod
     def pack(cls, models: list[PowerModel]) -> "PackedModels":
@@ -47,8 +40,7 @@ class PackedModels:
         grid = grids.pop()
         n_m = len(models)
         k = max(m.k for m in models)
-        n_cells = grid.n_cells
-        table = np.ones((n_m, k, n_cells, k))
+        table = np.ones((n_m, k, grid.n_cells, k))
         power_of_z = np.zeros((n_m, k, Z_GRID.size))
         phi = np.zeros((n_m, k))
         tok_in = np.ones((n_m, TOKEN_TABLE_SIZE))
@@ -60,24 +52,24 @@ class PackedModels:
             phi[i, :km] = m.ar1_phi
             tok_in[i] = _fine_quantiles(m.tokens.input_tokens)
             tok_out[i] = _fine_quantiles(m.tokens.output_tokens)
-        return cls(
-            ids=tuple(m.config_id for m in models), table_cum=table,
-            n_states=np.array([m.k for m in models], np.int32), power_of_z=power_of_z,
+        seq_capacity = int(max(m.serving.max_num_seqs for m in models))
+        tables = ModelTables(
+            table_cum=table, n_states=np.array([m.k for m in models], np.int32),
+            power_of_z=power_of_z, z_min=Z_MIN, z_inv_step=1.0 / Z_STEP,
             phi=phi, innovation=np.sqrt(1.0 - phi ** 2),
             clamp_w=np.array([m.clamp_w for m in models], np.float64),
             serving=np.stack([m.serving.as_array() for m in models]),
-            iterations_per_s=np.stack([m.serving.iterations_per_s(
-                max(x.serving.max_num_seqs for x in models)) for m in models]),
+            iterations_per_s=np.stack([m.serving.iterations_per_s(seq_capacity)
+                                       for m in models]),
             tok_in=tok_in, tok_out=tok_out,
-            running_bin=np.searchsorted(
-                np.asarray(grid.running_thresholds),
-                np.arange(int(max(m.serving.max_num_seqs for m in models)) + 2),
-                "right").astype(np.int64),
+            running_bin=np.searchsorted(np.asarray(grid.running_thresholds),
+                                        np.arange(seq_capacity + 2), "right").astype(np.int64),
             prefill_th=np.asarray(grid.prefill_thresholds_tokens, np.float64),
             n_prefill_bins=grid.n_prefill_bins)
+        return cls(ids=tuple(m.config_id for m in models), tables=tables)
 
     def seq_capacity(self) -> int:
-        return int(self.serving[:, 4].max())
+        return int(self.tables.serving[:, 4].max())
 
 
 def _power_of_z(quantiles_w: np.ndarray) -> np.ndarray:
@@ -168,31 +160,37 @@ class DeploymentBatch:
     """
 
     def __init__(self, models: PackedModels, model_index, deployment_uid, target_index, seed: int,
-                 *, queue_capacity: int = DEFAULT_QUEUE_CAPACITY, interval_s: float = 0.25):
+                 *, queue_capacity: int = DEFAULT_QUEUE_CAPACITY, interval_s: float = INTERVAL_S):
         uid = np.asarray(deployment_uid, np.int64)
         n = uid.shape[0]
         self.models = models
         self.interval_s = float(interval_s)
-        self.model_index = np.asarray(model_index, np.int32)
-        self.target_index = np.asarray(target_index, np.int64)
-        self.state_key = entity_key(seed, KIND_DEPLOYMENT, uid)
-        self.req_key = entity_key(seed, KIND_REQUEST, uid)
-        self.serving_state = ServingState.empty(n, models.seq_capacity(), queue_capacity)
-        self.state = np.zeros(n, np.int64)
-        self.latent_z = np.zeros(n)
-        self.running_prev = np.zeros(n)
-        self.pending = np.zeros((n, N_FEATURES))
-        self.have_pending = np.zeros(n, np.bool_)
-        self.op_time = np.zeros(n)
-        self.next_arrival = np.zeros(n)
-        self.n_arrived = np.zeros(n, np.int64)
-        self.replay_ptr = np.zeros(n, np.int64)
+        self.deployments = Deployments(
+            state_key=entity_key(seed, KIND_DEPLOYMENT, uid),
+            request_key=entity_key(seed, KIND_REQUEST, uid),
+            model=np.asarray(model_index, np.int32),
+            target=np.asarray(target_index, np.int64))
+        self.state = CarriedState(
+            serving=ServingState.empty(n, models.seq_capacity(), queue_capacity),
+            chain_state=np.zeros(n, np.int64), latent_z=np.zeros(n), running_prev=np.zeros(n),
+            pending=np.zeros((n, N_FEATURES)), have_pending=np.zeros(n, np.bool_),
+            op_time=np.zeros(n), next_arrival=np.zeros(n), n_arrived=np.zeros(n, np.int64),
+            replay_ptr=np.zeros(n, np.int64))
         self.stats = np.zeros((n, N_STATS))
         self._replay_started = False
+        self._no_synthetic = SyntheticInputs(np.zeros(n), np.zeros((1, 1), np.float32), 0, 1, 0,
+                                             np.zeros(0))
+        empty_i32 = np.zeros(1, np.int32)
+        self._no_replay = ReplayInputs(np.zeros(n + 1, np.int64), np.zeros(1, np.int64),
+                                       empty_i32, empty_i32)
 
     @property
     def n_deployments(self) -> int:
-        return int(self.state_key.shape[0])
+        return int(self.deployments.state_key.shape[0])
+
+    @property
+    def serving_state(self) -> ServingState:
+        return self.state.serving
 
     def advance(self, step0: int, n_steps: int, target_mw: np.ndarray, *,
                 synthetic: SyntheticArrivals | None = None, replay: ReplayArrivals | None = None,
@@ -206,36 +204,26 @@ class DeploymentBatch:
         """
         if (synthetic is None) == (replay is None):
             raise ValueError("give exactly one of synthetic or replay arrivals")
-        empty_f = np.zeros((1, 1), np.float32)
-        empty_i = np.zeros(1, np.int64)
-        empty_i32 = np.zeros(1, np.int32)
+        syn, rep = self._no_synthetic, self._no_replay
         if synthetic is not None:
             mode = MODE_SYNTHETIC
-            syn = (np.asarray(synthetic.base_rps, np.float64),
-                   np.asarray(synthetic.rate_mult, np.float32), int(synthetic.rate_k0),
-                   int(synthetic.steps_per_interval), int(synthetic.step_offset),
-                   np.asarray(synthetic.gamma_q, np.float64))
-            rep = (np.zeros(self.n_deployments + 1, np.int64), empty_i, empty_i32, empty_i32)
+            syn = SyntheticInputs(np.asarray(synthetic.base_rps, np.float64),
+                                  np.asarray(synthetic.rate_mult, np.float32),
+                                  int(synthetic.rate_k0), int(synthetic.steps_per_interval),
+                                  int(synthetic.step_offset),
+                                  np.asarray(synthetic.gamma_q, np.float64))
         else:
             if not self._replay_started:  # each deployment reads its own CSR row
-                self.replay_ptr[:] = replay.offsets[:-1]
+                self.state.replay_ptr[:] = replay.offsets[:-1]
                 self._replay_started = True
             mode = MODE_REPLAY
-            syn = (np.zeros(self.n_deployments), empty_f, 0, 1, 0, np.zeros(0))
-            rep = (replay.offsets, replay.step, replay.input_tokens, replay.output_tokens)
+            rep = ReplayInputs(replay.offsets, replay.step, replay.input_tokens,
+                               replay.output_tokens)
         if deployment_mw is None:
             deployment_mw = np.zeros((0, 0), np.int32)
-        m = self.models
-        fleet_kernel(
-            int(step0), int(n_steps), self.interval_s,
-            self.state_key, self.req_key, self.model_index, self.target_index,
-            m.table_cum, m.n_states, m.power_of_z, Z_MIN, 1.0 / Z_STEP, m.phi, m.innovation,
-            m.clamp_w, m.serving, m.iterations_per_s,
-            m.tok_in, m.tok_out, m.running_bin, m.prefill_th, m.n_prefill_bins,
-            mode, *syn, *rep,
-            self.serving_state.arrays(), self.state, self.latent_z, self.running_prev,
-            self.pending, self.have_pending, self.op_time, self.next_arrival, self.n_arrived,
-            self.replay_ptr, target_mw, deployment_mw, self.stats, int(count_from_step))
+        fleet_kernel(Chunk(int(step0), int(n_steps), self.interval_s, mode, int(count_from_step)),
+                     self.deployments, self.models.tables, syn, rep, self.state,
+                     Outputs(target_mw, deployment_mw, self.stats))
 
 
 def replay_power(model: PowerModel, arrival_s, input_tokens, output_tokens, n_steps: int,

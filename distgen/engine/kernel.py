@@ -19,15 +19,11 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from distgen.engine.jit import cached_njit
-from distgen.engine.rng import normal_nb, uniform01_nb
+from distgen.core.jit import cached_njit
+from distgen.core.rng import normal_nb, uniform01_nb
+from distgen.engine.records import (MODE_SYNTHETIC, S_ARRIVED, S_DECODE_TOKENS,
+                                    S_PREFILL_TOKENS, S_RUNNING_SUM)
 from distgen.workload.serving import enqueue, serve_step
-
-MODE_SYNTHETIC = 0
-MODE_REPLAY = 1
-# per-deployment statistics accumulated by the kernel (columns of ``stats``)
-S_ARRIVED, S_RUNNING_SUM, S_PREFILL_TOKENS, S_DECODE_TOKENS = range(4)
-N_STATS = 4
 
 
 @nb.njit(inline="always")
@@ -78,33 +74,48 @@ def _next_state(table_cum, m, s, cell, k_states, u):
     return i - 1 if i - 1 < s else i
 
 
-@cached_njit("distgen.workload.serving", "distgen.engine.rng")
-def fleet_kernel(step0, n_steps, interval_s,
-                 state_key, req_key, dep_model, dep_target,
-                 table_cum, n_states, power_of_z, z_min, z_inv_step, phi, innovation,
-                 clamp_w, serving, iterations_per_s,
-                 tok_in, tok_out, running_bin, prefill_th, n_prefill_bins,
-                 mode, base_rps, rate_mult, rate_k0, steps_per_interval, rate_step_offset,
-                 gamma_q,
-                 replay_offsets, replay_step, replay_in, replay_out,
-                 sv, chain_state, latent_z, running_prev, pending, have_pending,
-                 op_time, next_arrival, n_arrived, replay_ptr,
-                 target_mw, deployment_mw, stats, count_from_step):
-    """Advance every deployment by ``n_steps`` steps starting at global step ``step0``.
+@cached_njit("distgen.workload.serving", "distgen.core.rng", "distgen.engine.records")
+def fleet_kernel(chunk, deps, models, syn, rep, state, out):
+    """Advance every deployment by ``chunk.n_steps`` steps from global step ``chunk.step0``.
+
+    Records (distgen.engine.records): ``chunk`` (Chunk), ``deps`` (Deployments), ``models``
+    (ModelTables), ``syn`` (SyntheticInputs) or ``rep`` (ReplayInputs) by ``chunk.mode``,
+    ``state`` (CarriedState, updated in place) and ``out`` (Outputs).
 
     Adds each deployment's power, rounded to integer milliwatts, into
-    ``target_mw[dep_target[d], j]`` (int64, typically its server) and, when ``deployment_mw`` has
-    rows, stores it there (int32). Integer sums are exact, so every later reduction gives the
-    same bits however the fleet is cut and in whatever order parts are added. ``sv`` (the
-    ServingState arrays) and the other per-deployment arrays are carried state, updated in
-    place. The loop keeps one deployment's state in locals for the whole chunk. ``stats`` and
-    dropped requests count requests arriving at, and steps from, ``count_from_step`` on.
+    ``out.target_mw[deps.target[d], j]`` (int64, typically its server) and, when
+    ``out.deployment_mw`` has rows, stores it there (int32). Integer sums are exact, so every
+    later reduction gives the same bits however the fleet is cut and in whatever order parts
+    are added. The loop keeps one deployment's state in locals for the whole chunk.
+    ``out.stats`` and dropped requests count requests arriving at, and steps from,
+    ``chunk.count_from_step`` on.
     """
+    step0, n_steps, interval_s = chunk.step0, chunk.n_steps, chunk.interval_s
+    count_from_step = chunk.count_from_step
+    state_key, req_key, dep_model, dep_target = (deps.state_key, deps.request_key, deps.model,
+                                                 deps.target)
+    table_cum, n_states, power_of_z = models.table_cum, models.n_states, models.power_of_z
+    z_min, z_inv_step, phi, innovation = (models.z_min, models.z_inv_step, models.phi,
+                                          models.innovation)
+    clamp_w, serving, iterations_per_s = models.clamp_w, models.serving, models.iterations_per_s
+    tok_in, tok_out, running_bin = models.tok_in, models.tok_out, models.running_bin
+    prefill_th, n_prefill_bins = models.prefill_th, models.n_prefill_bins
+    base_rps, rate_mult, rate_k0 = syn.base_rps, syn.rate_mult, syn.rate_k0
+    steps_per_interval, rate_step_offset, gamma_q = (syn.steps_per_interval, syn.step_offset,
+                                                     syn.gamma_q)
+    replay_offsets, replay_step, replay_in, replay_out = (rep.offsets, rep.step,
+                                                          rep.input_tokens, rep.output_tokens)
+    sv = state.serving
+    chain_state, latent_z, running_prev, pending = (state.chain_state, state.latent_z,
+                                                    state.running_prev, state.pending)
+    have_pending, op_time, next_arrival = state.have_pending, state.op_time, state.next_arrival
+    n_arrived, replay_ptr = state.n_arrived, state.replay_ptr
+    target_mw, deployment_mw, stats = out.target_mw, out.deployment_mw, out.stats
     (sv_iters, sv_heap, sv_heap_n, sv_pre_tokens, sv_pre_out, sv_pre_head, sv_pre_n,
      sv_pre_total, sv_wait_in, sv_wait_out, sv_wait_head, sv_wait_n, sv_dropped) = sv
     n_dep = state_key.shape[0]
     want_dep = deployment_mw.shape[0] > 0
-    synthetic = mode == MODE_SYNTHETIC
+    synthetic = chunk.mode == MODE_SYNTHETIC
     for d in range(n_dep):
         m = dep_model[d]
         base_s, prefill_s, decode_s = serving[m, 0], serving[m, 1], serving[m, 2]

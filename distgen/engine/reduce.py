@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from distgen.engine.resample import MW_PER_W
+from distgen.core.grid import MW_PER_W
 
 
 def non_gpu_mw(gpu_mw: np.ndarray, idle_gpu_w: np.ndarray, tdp_gpu_w: np.ndarray,

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-MW_PER_W = 1000
+from distgen.core.grid import MW_PER_W
+
 
 
 class BlockSummer:

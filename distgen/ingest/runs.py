@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distgen.core.grid import INTERVAL_S
 from distgen.errors import InputError
 from distgen.ingest.engine import read_engine
 from distgen.ingest.manifest import read_manifest
@@ -19,8 +20,6 @@ from distgen.ingest.power import read_power, resample
 from distgen.ingest.requests import REQUEST_FILES, read_requests
 from distgen.ingest.trace import RunTrace, config_id_for
 
-#: [s] grid spacing of :attr:`RunTrace.power_w`.
-INTERVAL_S = 0.25
 
 
 def read_run(run_dir: str | os.PathLike, *, max_gap_s: float = 2.0) -> RunTrace:

@@ -42,7 +42,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy.signal import lfilter
 
-from distgen.engine.rng import (KIND_DEPLOYMENT, KIND_RACK, KIND_ROW, KIND_SITE, STREAM_RATE,
+from distgen.core.rng import (KIND_DEPLOYMENT, KIND_RACK, KIND_ROW, KIND_SITE, STREAM_RATE,
                                 entity_key, normal, uniform01)
 
 #: uid of the site modulation process and of the site burst chain (both KIND_SITE).
@@ -104,26 +104,12 @@ class RateState:
     burst: int = -1
 
 
-def _validate(traffic) -> None:
-    mod = traffic.modulation
-    if mod.interval_s <= 0:
-        raise ValueError(f"modulation.interval_s must be > 0, got {mod.interval_s}")
-    if mod.cv < 0:
-        raise ValueError(f"modulation.cv must be >= 0, got {mod.cv}")
-    shares = (mod.rho_site, mod.rho_row, mod.rho_rack)
-    if min(shares) < 0 or sum(shares) > 1.0 + 1e-12:
-        raise ValueError("modulation rho_site, rho_row, rho_rack must be >= 0 with sum <= 1, "
-                         f"got {shares}")
-    b = traffic.bursts
-    if b.kind not in ("none", "mmpp"):
-        raise ValueError(f"bursts.kind must be 'none' or 'mmpp', got {b.kind!r}")
-    if b.kind == "mmpp" and (b.mean_burst_s <= 0 or b.mean_calm_s <= 0 or b.high_factor <= 0):
-        raise ValueError("bursts need mean_burst_s > 0, mean_calm_s > 0 and high_factor > 0")
 
+def rate_state_init(fleet) -> RateState:
+    """State before interval 0 for the deployments of ``fleet`` (a topology.FleetSlice).
 
-def rate_state_init(traffic, fleet, seed: int) -> RateState:
-    """State before interval 0 for the deployments of ``fleet`` (a topology.FleetSlice)."""
-    _validate(traffic)
+    The traffic configuration is validated once, by :func:`distgen.config.validate`.
+    """
     return RateState(k_next=0, n_deployments=fleet.n_deployments)
 
 
@@ -244,7 +230,7 @@ def rate_multipliers(traffic, fleet, seed: int, state: RateState, k0: int, n: in
     if state.n_deployments != fleet.n_deployments:
         raise ValueError("state belongs to a different fleet slice")
     if k0 < state.k_next:
-        state = rate_state_init(traffic, fleet, seed)
+        state = rate_state_init(fleet)
     while state.k_next < k0:
         _, state = _step(traffic, fleet, seed, state, min(_SKIP_BLOCK, k0 - state.k_next),
                          start_hour, want=False)

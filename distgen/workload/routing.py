@@ -8,7 +8,7 @@
 
 Routing is done once for the whole site (it is a site-level decision; least_loaded even couples
 all deployments), and every shard takes its own rows, so the result does not depend on how the
-fleet is cut. Random choices are counter-based (:mod:`distgen.engine.rng`):
+fleet is cut. Random choices are counter-based (:mod:`distgen.core.rng`):
 
 * random routing: ``uniform01(entity_key(seed, KIND_ROUTING, 0), i)`` for request i (its index in
   the arrays passed), deployment ``floor(u * n_deployments)``.
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import numba as nb
 import numpy as np
 
-from distgen.engine.rng import KIND_ROUTING, STREAM_REPLAY, entity_key, uniform01
+from distgen.config.schema import ROUTINGS
+from distgen.core.rng import KIND_ROUTING, STREAM_REPLAY, entity_key, uniform01
 
-ROUTINGS = ("random", "round_robin", "least_loaded")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,10 +145,6 @@ def expand_trace(arrival_s, input_tokens, output_tokens, replay, duration_s: flo
     n_out = np.asarray(output_tokens, np.int64)
     if not (t_raw.shape == n_in.shape == n_out.shape) or t_raw.ndim != 1:
         raise ValueError("arrival_s, input_tokens and output_tokens need the same 1-d shape")
-    if replay.time_scale <= 0:
-        raise ValueError(f"replay.time_scale must be > 0, got {replay.time_scale}")
-    if replay.rate_scale < 0:
-        raise ValueError(f"replay.rate_scale must be >= 0, got {replay.rate_scale}")
     empty = (np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64))
     n = t_raw.shape[0]
     if n == 0 or duration_s <= 0:

@@ -17,11 +17,12 @@ buffers and scalar state passed in and returned, so compiled loops keep the stat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numba as nb
 import numpy as np
 
-from distgen.engine.jit import cached_njit
+from distgen.core.jit import cached_njit
 
 #: Per-step workload outputs, columns of the ``features`` array the step functions fill.
 F_RUNNING, F_PREFILL_TOKENS, F_DECODE_TOKENS, F_ITERATIONS, F_WAITING = range(5)
@@ -67,9 +68,8 @@ class ServingParams:
                    float(d["decode_s_per_seq"]), int(d["budget_tokens"]), int(d["max_num_seqs"]))
 
 
-@dataclass
-class ServingState:
-    """Per-deployment serving state (mutable arrays, updated in place by the kernels).
+class ServingState(NamedTuple):
+    """Per-deployment serving state: flat arrays, one row per deployment, updated in place.
 
     ``heap`` holds finishing iteration counts of decoding requests; ``pre_*`` is the FIFO of
     admitted requests still in prefill; ``wait_*`` the FIFO queue (ring buffers).
@@ -97,11 +97,6 @@ class ServingState:
                    np.zeros(d, np.int32), np.zeros(d, np.int32), np.zeros(d),
                    np.zeros((d, queue_capacity), np.int32), np.zeros((d, queue_capacity), np.int32),
                    np.zeros(d, np.int32), np.zeros(d, np.int32), np.zeros(d, np.int64))
-
-    def arrays(self) -> tuple:
-        return (self.iterations, self.heap, self.heap_n, self.pre_tokens, self.pre_out,
-                self.pre_head, self.pre_n, self.pre_total, self.wait_in, self.wait_out,
-                self.wait_head, self.wait_n, self.dropped)
 
 
 @nb.njit(inline="always")
@@ -284,7 +279,7 @@ def replay_workload(arrival_s: np.ndarray, input_tokens: np.ndarray, output_toke
     step = np.maximum(step, 0)
     st = ServingState.empty(1, max(int(params.max_num_seqs), 1), queue_capacity)
     features = np.zeros((n_steps, N_FEATURES))
-    _replay_kernel(st.arrays(), params.as_array(), params.iterations_per_s(), float(interval_s),
+    _replay_kernel(st, params.as_array(), params.iterations_per_s(), float(interval_s),
                    step,
                    np.asarray(input_tokens, np.int32)[order],
                    np.asarray(output_tokens, np.int32)[order], int(n_steps), features)
