@@ -92,8 +92,12 @@ def _clean(d: dict) -> dict:
 
 
 def validate_configuration(runs: list[RunTrace], model: PowerModel | None, *,
-                           seeds: int = N_SEEDS, fit_seed: int = 0) -> dict:
-    """Held-out scores of the model and the baselines for one configuration's runs."""
+                           seeds: int = N_SEEDS, fit_seed: int = 0,
+                           collect: list | None = None) -> dict:
+    """Held-out scores of the model and the baselines for one configuration's runs.
+
+    ``collect``, when a list, receives ``(config_id, run_id, measured_w, generated_w_seed0,
+    interval_s)`` per held-out window (for ``distgen validate --report``)."""
     split, folds = plan_folds(runs, model)
     measured, per_seed = [], [[] for _ in range(seeds)]
     base = defaultdict(list)
@@ -107,6 +111,8 @@ def validate_configuration(runs: list[RunTrace], model: PowerModel | None, *,
             run_ids.append(run.run_id)
             for s in range(seeds):
                 per_seed[s].append(regenerate(fold_model, run, s)[a:b])
+            if collect is not None:
+                collect.append((run.config_id, run.run_id, y, per_seed[0][-1], run.interval_s))
             for name, series in _baseline_series(fold_model, run).items():
                 base[name].append(series[a:b])
             h = (b - a) // 2
@@ -126,7 +132,8 @@ def validate_configuration(runs: list[RunTrace], model: PowerModel | None, *,
     return result
 
 
-def validate(runs: list[RunTrace], library: ModelLibrary | None, *, seeds: int = N_SEEDS) -> dict:
+def validate(runs: list[RunTrace], library: ModelLibrary | None, *, seeds: int = N_SEEDS,
+             collect: list | None = None) -> dict:
     """Validate every configuration found in ``runs`` (see :func:`validate_configuration`).
 
     Configurations the library has no model for are reported with ``"status": "no model"``.
@@ -142,5 +149,5 @@ def validate(runs: list[RunTrace], library: ModelLibrary | None, *, seeds: int =
             out[config_id] = {"runs": len(group), "status": "no model",
                               "message": f"no fitted model for {config_id} in the library"}
             continue
-        out[config_id] = validate_configuration(group, model, seeds=seeds)
+        out[config_id] = validate_configuration(group, model, seeds=seeds, collect=collect)
     return out
