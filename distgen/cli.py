@@ -1,4 +1,4 @@
-"""`distgen` command line: fit, validate, generate, bench, sweep."""
+"""`distgen` command line: fit, validate, generate, bench, sweep, analyze, report."""
 
 from __future__ import annotations
 
@@ -85,11 +85,18 @@ def cmd_validate(args) -> int:
     from distgen.model.artifact import ModelLibrary
 
     library = ModelLibrary.load(args.models)
-    results = validate(read_runs(*args.data), library, seeds=args.seeds)
+    collect = [] if args.report else None
+    results = validate(read_runs(*args.data), library, seeds=args.seeds, collect=collect)
     print(format_validation(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
+    if args.report:
+        from distgen.report.validation_report import write_validation_report
+        paths = write_validation_report(args.report, results, collect,
+                                        library_version=library.version)
+        print(f"wrote {paths['markdown']}, {paths['html']} and {len(paths['figures'])} figures",
+              file=sys.stderr)
     return 0
 
 
@@ -200,6 +207,34 @@ def cmd_bench(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ analyze / report
+
+def cmd_analyze(args) -> int:
+    from distgen.planning.options import options_from_args
+    from distgen.planning.run import analyze_run, format_analysis
+
+    analysis = analyze_run(args.out_dir, options_from_args(args), library_dir=args.models)
+    print(format_analysis(analysis.doc))
+    if args.json:
+        Path(args.json).write_text(json.dumps(analysis.doc, indent=1) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from distgen.planning.options import options_from_args
+    from distgen.planning.run import analyze_run
+    from distgen.report.run_report import write_run_report
+
+    analysis = analyze_run(args.out_dir, options_from_args(args), library_dir=args.models)
+    folder = Path(args.report_dir) if args.report_dir else analysis.run.path / "report"
+    paths = write_run_report(analysis, folder, breaker_w=args.breaker_w,
+                             breaker_level=args.breaker_level)
+    print(f"wrote {paths['markdown']}, {paths['html']}, {paths['json']} and "
+          f"{len(paths['figures'])} figures")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--data", nargs="+", required=True, help="measured run folders")
     v.add_argument("--json", default=None, help="also write the results as JSON")
     v.add_argument("--seeds", type=int, default=5)
+    v.add_argument("--report", default=None, metavar="DIR",
+                   help="also write a report with figures per held-out run into DIR")
     v.set_defaults(func=cmd_validate)
 
     g = sub.add_parser("generate", help="generate site / row / rack power traces")
@@ -268,6 +305,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="include worker start-up and kernel loading in the measurement")
     b.add_argument("--json", default=None, help="also write the figures as JSON")
     b.set_defaults(func=cmd_bench)
+
+    from distgen.planning.options import add_analysis_arguments
+    an = sub.add_parser("analyze", help="planner figures of a run: peaks, ramps, load factor, "
+                        "exports (15-min CSV, 8760-h, OpenDSS), oversubscription, capping")
+    an.add_argument("out_dir", metavar="OUT_DIR", help="a finished distgen run folder")
+    an.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    add_analysis_arguments(an)
+    an.set_defaults(func=cmd_analyze)
+
+    rp = sub.add_parser("report", help="figures and a Markdown + HTML report of a run")
+    rp.add_argument("out_dir", metavar="OUT_DIR", help="a finished distgen run folder")
+    rp.add_argument("--report-dir", default=None, metavar="DIR",
+                    help="where to write the report (default: OUT_DIR/report)")
+    rp.add_argument("--breaker-w", type=float, default=None,
+                    help="breaker limit [W] drawn against the per-entity peaks")
+    rp.add_argument("--breaker-level", choices=("racks", "rows"), default="racks",
+                    help="level the breaker limit applies to (default: racks)")
+    add_analysis_arguments(rp)
+    rp.set_defaults(func=cmd_report)
     return p
 
 
