@@ -505,6 +505,7 @@ def test_analyze_demand_response_window(hand_run):
     (["--dr-reduction-pct", "10"], ["need --dr-start"]),
     (["--gpu-cap-w", "-5"], ["--gpu-cap-w"]),
     (["--limit-level", "rows", "--percentile", "0"], ["--percentile"]),
+    (["--limit-resolution-s", "30"], ["--limit-resolution-s 30", "racks are at 60 s"]),
 ])
 def test_analyze_bad_options_are_named(hand_run, capsys, argv, words):
     folder, _ = hand_run

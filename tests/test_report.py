@@ -106,7 +106,7 @@ def test_report_cli_on_a_generated_run(tmp_path, capsys):
     figs = check_rendered(folder / "report.md", folder / "report.html",
                           f"config `{manifest['config_hash'][:12]}`")
     assert "demand_response.png" not in {p.name for p in figs}
-    assert "zoom" in (folder / "report.md").read_text()
+    assert "10 minutes around the 1 s peak" in (folder / "report.md").read_text()
     # a report folder elsewhere
     rc = main(["report", str(out), "--report-dir", str(tmp_path / "elsewhere"),
                "--repetitions", "5"])

@@ -8,8 +8,11 @@ and levels are ignored.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from datetime import datetime
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +84,92 @@ class SiteCsv:
     interval_s: np.ndarray
     facility_power_kw: np.ndarray
     facility_energy_kwh: np.ndarray
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What planning needs of one serving configuration's model artifact.
+
+    Attributes
+    ----------
+    config_id : the serving configuration.
+    tp : GPUs per deployment.
+    tdp_w : [W] nameplate power of a deployment (per-GPU TDP x TP).
+    idle_w : [W] idle power of a deployment.
+    mean_w : [W] the training runs' mean deployment power (mean-power baseline).
+    lut_w : [W] phase look-up table, phase -> deployment power (may be empty).
+    path : the artifact read.
+    """
+
+    config_id: str
+    tp: int
+    tdp_w: float
+    idle_w: float
+    mean_w: float
+    lut_w: dict
+    path: Path
+
+
+@dataclass(frozen=True)
+class ModelFactsSet:
+    """Model facts of a run's serving configurations, with the library they came from.
+
+    version : content hash of the library folder's ``*.json`` files, computed as
+        :class:`distgen.model.artifact.ModelLibrary` does (first 16 hex digits).
+    """
+
+    models: dict
+    source: Path
+    version: str
+
+
+def _bundled_library() -> Path:
+    return Path(str(resources.files("distgen.library")))
+
+
+def read_model_facts(directory: str | Path, config_ids: list[str],
+                     manifest_models: dict | None = None) -> ModelFactsSet:
+    """Read only the fields planning needs from model artifacts (``<config_id>.json``).
+
+    Reads the JSON directly (``tp``, ``tdp_w``, ``baselines``; the idle power from the run's
+    manifest when it recorded one, else the artifact's lowest state), so it does not depend on
+    the rest of the artifact format.
+
+    Raises
+    ------
+    InputError : an artifact is missing or lacks a field (named).
+    """
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise DistgenError(f"model library folder {folder} does not exist")
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.json")):
+        digest.update(path.read_bytes())
+    models = {}
+    for cid in dict.fromkeys(config_ids):
+        path = folder / f"{cid}.json"
+        if not path.is_file():
+            raise InputError(path, f"no model artifact for serving configuration '{cid}' in "
+                             f"{folder}; pass --models with the library the run used")
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            base = doc["baselines"]
+            recorded = (manifest_models or {}).get(cid) or {}
+            idle = recorded.get("idle_w")
+            if idle is None:
+                idle = ((doc.get("states") or {}).get("mean_w") or [None])[0]
+            if idle is None:
+                idle = (doc.get("energy_account") or {}).get("idle_w", float("nan"))
+            models[cid] = ModelFacts(cid, int(doc["tp"]), float(recorded.get("tdp_w",
+                                                                             doc["tdp_w"])),
+                                     float(idle), float(base["mean_w"]),
+                                     {k: float(v) for k, v in (base.get("lut_w") or {}).items()},
+                                     path)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError(path, f"not a readable model artifact ({exc})") from None
+        except (KeyError, IndexError, TypeError) as exc:
+            raise InputError(path, f"model artifact lacks the field {exc}") from None
+    return ModelFactsSet(models, folder, digest.hexdigest()[:16])
 
 
 class RunOutput:
@@ -182,6 +271,15 @@ class RunOutput:
     @property
     def library_version(self) -> str | None:
         return (self.manifest.get("model_library") or {}).get("version")
+
+    def model_facts(self, directory: str | Path | None = None) -> ModelFactsSet:
+        """Facts of the run's serving configurations from ``directory``, else the library
+        folder the manifest recorded (when it still exists), else the bundled library."""
+        if directory is None:
+            source = self.library_source
+            directory = source if source and Path(source).is_dir() else _bundled_library()
+        serving = self.facility().get("row_serving") or self.topology.get("row_serving") or []
+        return read_model_facts(directory, list(serving), self.models)
 
     def facility(self) -> dict:
         """``config.facility`` (rows, racks_per_row, servers_per_rack, gpus_per_server,

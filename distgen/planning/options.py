@@ -31,13 +31,16 @@ class AnnualOptions:
 @dataclass(frozen=True)
 class OversubscriptionOptions:
     """limit_w [W] at ``level`` (``rows``: racks are admitted; ``racks``: servers are);
-    percentile [%] of the group peak over ``repetitions`` Monte-Carlo orders from ``seed``."""
+    percentile [%] of the group peak over ``repetitions`` Monte-Carlo orders from ``seed``;
+    unit traces at the finest resolution the run has, or block means at ``resolution_s`` [s]
+    (e.g. 60 for a breaker that tolerates sub-minute peaks)."""
 
     limit_w: float = 600e3
     level: str = "rows"
     percentile: float = 95.0
     repetitions: int = 200
     seed: int = 0
+    resolution_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,9 @@ def add_analysis_arguments(p) -> None:
                    help="percentile of the group peak held within the limit (default 95)")
     o.add_argument("--repetitions", type=int, default=200, help="Monte-Carlo draws (default 200)")
     o.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    o.add_argument("--limit-resolution-s", type=float, default=None,
+                   help="judge peaks of block means at this resolution [s] (default: the "
+                        "finest unit traces of the run)")
     c = p.add_argument_group("capping and demand response")
     c.add_argument("--gpu-cap-w", type=float, default=None, help="per-GPU power cap [W]")
     c.add_argument("--dr-start", default=None, metavar="HH:MM|ISO",
@@ -131,6 +137,7 @@ def options_from_args(args) -> AnalysisOptions:
         annual=AnnualOptions(start, args.weekday_scale, args.weekend_scale,
                              args.growth_pct_per_year, args.growth),
         oversubscription=OversubscriptionOptions(args.limit_w, args.limit_level,
-                                                 args.percentile, args.repetitions, args.seed),
+                                                 args.percentile, args.repetitions, args.seed,
+                                                 args.limit_resolution_s),
         capping=CappingOptions(args.gpu_cap_w, args.dr_start, args.dr_hours * _S_PER_H,
                                args.dr_reduction_pct, args.dr_cap_w, args.dr_catch_up_w))

@@ -79,19 +79,15 @@ def _stats(values) -> dict:
 
 
 def load_library(run: RunOutput, directory: str | Path | None = None):
-    """The model library of the run (its recorded source if present, else the bundled one),
-    with a note when its version differs from the run's."""
-    from distgen.model.artifact import ModelLibrary
-
-    source = directory or run.library_source
-    if source is not None and not Path(source).is_dir():
-        source = None
-    library = ModelLibrary.load(source)
+    """The model facts of the run's serving configurations (see
+    :meth:`RunOutput.model_facts`), with a note when the library's version differs from the
+    run's."""
+    facts = run.model_facts(directory)
     note = None
-    if run.library_version and library.version != run.library_version:
-        note = (f"model library {library.source} has version {library.version}, the run used "
+    if run.library_version and facts.version != run.library_version:
+        note = (f"model library {facts.source} has version {facts.version}, the run used "
                 f"{run.library_version}; baselines come from the former")
-    return library, note
+    return facts, note
 
 
 def row_serving(run: RunOutput) -> list[str]:
@@ -122,14 +118,16 @@ class UnitBaselines:
 
 def unit_baselines(run: RunOutput, library, level: str, serving: str) -> UnitBaselines:
     """Baseline power of one ``level`` entity (rows, racks, servers, deployments) whose row
-    serves ``serving`` (same rule as benchmarks/facility_report.py for non-GPU power)."""
+    serves ``serving`` (same rule as benchmarks/facility_report.py for non-GPU power).
+
+    ``library`` is a :class:`~distgen.io.runoutput.ModelFactsSet`."""
     f = run.facility()
-    model = library[serving]
+    model = library.models[serving]
     gpus_per_server = int(f["gpus_per_server"])
     deployments_per_server = gpus_per_server // int(model.tp)
     non_gpu = f.get("non_gpu") or {}
     idle_ng, act_ng = float(non_gpu.get("idle_w", 0.0)), float(non_gpu.get("activity_w", 0.0))
-    lut = model.baselines.get("lut_w") or {}
+    lut = model.lut_w
 
     def per_server(deployment_w: float) -> tuple[float, float]:
         span = max(model.tdp_w - model.idle_w, 1e-9)
@@ -137,7 +135,7 @@ def unit_baselines(run: RunOutput, library, level: str, serving: str) -> UnitBas
         return deployments_per_server * deployment_w, idle_ng + act_ng * activity
 
     values = {}
-    for name, dep_w in (("tdp_w", model.tdp_w), ("mean_w", model.baselines["mean_w"]),
+    for name, dep_w in (("tdp_w", model.tdp_w), ("mean_w", model.mean_w),
                         ("lut_w", max(lut.values()) if lut else float("nan"))):
         if level == "deployments":
             values[name] = float(dep_w)
@@ -369,6 +367,15 @@ def oversubscribe(run: RunOutput, library, options: OversubscriptionOptions) -> 
                            f"{options.level!r}")
     unit_level = _CHILD[options.level]
     pool = finest_level_series(run, unit_level)
+    if options.resolution_s is not None and options.resolution_s != pool.resolution_s:
+        coarse = (loadprofile.block_means(pool.power_w, pool.resolution_s, options.resolution_s)
+                  if options.resolution_s > pool.resolution_s else None)
+        if coarse is None:
+            raise DistgenError(f"--limit-resolution-s {options.resolution_s:g}: the run's "
+                               f"{unit_level} are at {pool.resolution_s:g} s; give a whole "
+                               "multiple of that, within the run's duration")
+        pool = EntitySeries(unit_level, float(options.resolution_s), pool.ids,
+                            np.arange(coarse.shape[1]) * options.resolution_s, coarse)
     rows = run.entity_rows(unit_level, pool.ids)
     serving = row_serving(run)
     result = {"limit_w": options.limit_w, "level": options.level, "unit": unit_level,
@@ -441,7 +448,7 @@ def cap_gpus(run: RunOutput, library, gpu_cap_w: float
     servers_in = {"servers": 1, "racks": int(f["servers_per_rack"]),
                   "rows": int(f["servers_per_rack"]) * int(f["racks_per_row"])}
     if level == "deployments":
-        cap = np.array([library[serving[int(r)]].tp * gpu_cap_w for r in rows])
+        cap = np.array([library.models[serving[int(r)]].tp * gpu_cap_w for r in rows])
         note = "deployment power is GPU-only: each deployment capped at TP x cap"
     else:
         n = servers_in[level]
