@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,10 @@ from distgen.errors import InputError
 from distgen.ingest import (EngineLog, RequestLog, RunTrace, config_id_for, discover_runs,
                             read_run, read_runs)
 
+#: The prefix-cache agentic run (no engine.csv, two sampling gaps); kept apart from
+#: tests/data/measured so that tests fitting the whole of that folder are unchanged.
+AGENTIC_DIR = Path(__file__).parent / "data" / "measured_agentic"
+OPENHANDS = "sealed_openhands_qwen3-8b_a100/a100_agentic_tp1_1784657707"
 QWEN_R4 = "validate_qwen3-8b_a100/a100_validate_tp1_r4p0_b1p0_s20260712_1784415439"
 QWEN_R2P5 = "arrival_rate_qwen3-8b_a100_r2p5/a100_validate_tp1_r2p5_b1p0_s20260712_1784415659"
 GEMMA_TP2 = ("validate_gemma-4-26b-a4b_moe_transfer_a100/"
@@ -32,9 +36,12 @@ ALL_RUNS = (QWEN_R4, QWEN_R2P5, GEMMA_TP2)
 @pytest.fixture
 def copy_run(measured_dir, tmp_path):
     """Copy a fixture run into tmp_path and return the copy's folder."""
-    def _copy(name: str = QWEN_R4) -> Path:
-        dst = tmp_path / Path(name).name
-        shutil.copytree(measured_dir / name, dst)
+    def _copy(name: str = QWEN_R4, tag: str = "") -> Path:
+        dst = tmp_path / (Path(name).name + tag)
+        src = (AGENTIC_DIR if name == OPENHANDS else measured_dir) / name
+        shutil.copytree(src, dst)
+        for f in dst.iterdir():
+            f.chmod(0o644)
         return dst
     return _copy
 
@@ -244,27 +251,212 @@ def test_wrong_field_count(copy_run):
     raises(run, "power.csv", line=7, match="expected 10 fields")
 
 
-def test_long_gap_rejected_short_gap_interpolated(copy_run):
+def _row_epoch_s(line: str) -> tuple[float, float]:
+    """(epoch [s], power [W]) of one power.csv row of a fixture (local time, UTC-7)."""
+    cells = line.split(",")
+    t = datetime.strptime(cells[0], "%Y/%m/%d %H:%M:%S.%f").replace(tzinfo=timezone.utc)
+    return t.timestamp() + 25200.0, float(cells[3])
+
+
+def test_long_gap_masked_by_default_and_refused_past_max_gap_s(copy_run, measured_dir):
     run = copy_run()
     lines = lines_of(run / "power.csv")
-    # Drop file lines 20..30 (11 samples): a gap of about 3 s > max_gap_s = 2 s.
+    # Drop file lines 20..30 (11 samples): a gap of about 3 s between lines 19 and 31.
     write_lines(run / "power.csv", lines[:19] + lines[30:])
-    err = raises(run, "power.csv", line=20, column="timestamp", match=["gap of 3.0", "max_gap_s"])
-    assert "after line 19" in str(err)
+    (ta, _), (tb, _) = _row_epoch_s(lines[18]), _row_epoch_s(lines[30])
+    got = read_run(run)  # default max_gap_s = 10 s accepts it
+    ref = read_run(measured_dir / QWEN_R4)  # the fixture's own 0.763 s gap stays
+    assert got.gaps.count == 2 and got.gaps.longest_s == pytest.approx(tb - ta, abs=1e-6)
+    (a, b), other = got.gaps.intervals_s
+    assert (a + got.start_s, b + got.start_s) == (pytest.approx(ta), pytest.approx(tb))
+    assert other == pytest.approx(ref.gaps.intervals_s[0])
+    inside = (got.time_s > ta + 1e-9) & (got.time_s < tb - 1e-9)
+    assert inside.sum() >= 11
+    np.testing.assert_array_equal(got.valid, ~inside & ref.valid)
+    first = int(np.argmax(inside))
+    assert got.gaps.step_ranges[0] == (first, first + int(inside.sum()))
+    assert np.all(np.isfinite(got.power_w))  # interpolated for plotting, flagged invalid
+    # past the threshold: refused, naming the line after the gap and the one before it
+    err = raises(run, "power.csv", line=20, column="timestamp",
+                 match=["gap of 3.0", "max_gap_s = 2.0", "after line 19"], max_gap_s=2.0)
+    assert "--max-gap-s" in str(err)
 
-    # Drop only lines 20..22: a 1 s gap, interpolated between lines 19 and 23.
-    write_lines(run / "power.csv", lines[:19] + lines[22:])
+
+def test_short_gap_interpolated_for_plotting_but_invalid(copy_run):
+    run = copy_run()
+    lines = lines_of(run / "power.csv")
+    # Drop lines 100..102: a 1 s gap between lines 99 (289.57 W) and 103 (291.39 W).
+    write_lines(run / "power.csv", lines[:99] + lines[102:])
     got = read_run(run)
-    parse = lambda ln: (datetime.strptime(ln.split(",")[0], "%Y/%m/%d %H:%M:%S.%f")
-                        .replace(tzinfo=timezone.utc).timestamp() + 25200.0,
-                        float(ln.split(",")[3]))
-    (ta, pa), (tb, pb) = parse(lines[18]), parse(lines[22])
+    (ta, pa), (tb, pb) = _row_epoch_s(lines[98]), _row_epoch_s(lines[102])
+    assert (pa, pb) == (289.57, 291.39)
     inside = (got.time_s > ta) & (got.time_s < tb)
-    assert inside.sum() >= 3
+    assert inside.sum() >= 3 and not got.valid[inside].any()
     expected = pa + (pb - pa) * (got.time_s[inside] - ta) / (tb - ta)
     np.testing.assert_allclose(got.power_w[inside], expected, atol=1e-6)
-    # ... and a tighter max_gap_s rejects that same gap.
-    raises(run, "power.csv", line=20, match="gap of 1.0", max_gap_s=0.5)
+    # the steps at the samples on either side of the gap are measured: valid
+    k = np.flatnonzero(inside)
+    assert got.valid[k[0] - 1] and got.valid[k[-1] + 1]
+    # ... and a tighter max_gap_s refuses that same gap.
+    raises(run, "power.csv", line=100, match=["gap of 1.0", "after line 99"], max_gap_s=0.9)
+
+
+def test_fixture_gaps_follow_the_1p5_interval_rule(measured_dir):
+    """Every spacing over 1.5 x the median spacing of a fixture log is a gap, none other."""
+    for name in ALL_RUNS:
+        rows = read_power_rows(measured_dir / name / "power.csv")
+        t = np.array(sorted({datetime.strptime(r["timestamp"], "%Y/%m/%d %H:%M:%S.%f")
+                             .replace(tzinfo=timezone.utc).timestamp() for r in rows}))
+        d = np.diff(t)
+        expected = d[d > 1.5 * np.median(d)]
+        got = read_run(measured_dir / name).gaps
+        assert got.nominal_interval_s == pytest.approx(np.median(d))
+        np.testing.assert_allclose([b - a for a, b in got.intervals_s], expected, atol=1e-6)
+    # the r4.0 log's one gap (0.763 s, PROVENANCE.md) and the r2.5 log's (0.413 s)
+    assert read_run(measured_dir / QWEN_R4).gaps.longest_s == pytest.approx(0.763, abs=1e-3)
+    assert read_run(measured_dir / QWEN_R2P5).gaps.longest_s == pytest.approx(0.413, abs=1e-3)
+
+
+# --------------------------------------------------------- the issue's gap and clock cases
+
+
+def test_real_2p03_s_gap_and_repeated_row_after_it(copy_run):
+    """Issue #13: a 250 ms A100 log with a 2.03 s gap (and a 1.24 s one) is read with the
+    default threshold; the gaps are masked; a row after a gap that repeats the previous row's
+    power is stale and the gap runs on to the next row."""
+    run = copy_run(OPENHANDS)
+    lines = lines_of(run / "power.csv")
+    rows = [_row_epoch_s(ln) for ln in lines[1:]]
+    t = np.array([r[0] for r in rows])
+    d = np.diff(t)
+    big = np.flatnonzero(d > 0.375)
+    # PROVENANCE.md: two gaps, 1.24 s and 2.03 s, the longer after file line 744
+    np.testing.assert_allclose(d[big], [1.237, 2.028], atol=1e-3)
+    assert big[1] + 2 == 744
+    got = read_run(run)
+    assert got.gaps.count == 2
+    assert got.gaps.longest_s == pytest.approx(d[big[1]], abs=1e-6)
+    assert got.gaps.total_s == pytest.approx(d[big].sum(), abs=1e-6)
+    assert (~got.valid).sum() == got.gaps.invalid_steps == sum(
+        int(((got.time_s > t[k] + 1e-9) & (got.time_s < t[k + 1] - 1e-9)).sum()) for k in big)
+
+    # make file line 745 (the row after the 2.03 s gap) repeat line 744's power exactly
+    lines[744] = set_field(lines[744], 3, lines[743].rstrip("\n").split(",")[3])
+    write_lines(run / "power.csv", lines)
+    stale = read_run(run)
+    # the gap now ends at line 746: 2.028 s + the stale row's 0.25 s
+    assert stale.gaps.longest_s == pytest.approx(t[big[1] + 2] - t[big[1]], abs=1e-6)
+    assert stale.gaps.count == 2 and stale.gaps.invalid_steps == got.gaps.invalid_steps + 1
+    # the old 2.0 s limit refuses it, naming the line that ends the gap
+    raises(run, "power.csv", line=746, match=["gap of 2.2", "after line 744"], max_gap_s=2.0)
+
+
+def test_tp2_second_gpu_7_ms_later(copy_run, measured_dir):
+    """Issue #13: separate loggers (DCGM): GPU 1's rows are 7 ms after GPU 0's. Each GPU is
+    interpolated onto one grid; the grid starts where both are logged."""
+    run = copy_run(GEMMA_TP2)
+    lines = lines_of(run / "power.csv")
+    out = [lines[0]]
+    for ln in lines[1:]:
+        if ln.split(",")[1] == "1":
+            t = datetime.strptime(ln.split(",")[0], "%Y/%m/%d %H:%M:%S.%f")
+            ln = set_field(ln, 0, (t + timedelta(milliseconds=7)).strftime(
+                "%Y/%m/%d %H:%M:%S.%f")[:-3])
+        out.append(ln)
+    write_lines(run / "power.csv", out)
+    got = read_run(run)
+    assert got.gaps.count == 0 and got.valid.all()
+    by_gpu: dict[str, list] = {"0": [], "1": []}
+    for ln in out[1:]:
+        by_gpu[ln.split(",")[1]].append(_row_epoch_s(ln))
+    (t0, p0), (t1, p1) = (np.array(by_gpu[g]).T for g in ("0", "1"))
+    assert got.start_s == pytest.approx(t1[0], abs=1e-6)  # GPU 1 starts 7 ms later
+    expected = np.interp(got.time_s, t0, p0) + np.interp(got.time_s, t1, p1)
+    np.testing.assert_allclose(got.power_w, expected, atol=1e-6)
+    # the same energy as the unshifted log, to within the shift's effect
+    ref = read_run(measured_dir / GEMMA_TP2)
+    assert got.power_w.mean() == pytest.approx(ref.power_w.mean(), rel=0.01)
+
+
+def test_one_second_sampling_reordered_columns_header_without_units(copy_run, measured_dir):
+    """Issue #13: 1 s sampling, reordered columns, 'power.draw' without a unit."""
+    ref = read_run(measured_dir / QWEN_R4)
+    run = copy_run()
+    lines = lines_of(run / "power.csv")
+    header = lines[0].rstrip("\n").split(",")
+    keep = lines[1::4]  # every 4th sample: 1 s apart
+    order = [3, 2, 0, 1]  # power, uuid, timestamp, index
+    out = [",".join(header[j].replace("power.draw [W]", "power.draw") for j in order) + "\n"]
+    out += [",".join(ln.rstrip("\n").split(",")[j] for j in order) + "\n" for ln in keep]
+    write_lines(run / "power.csv", out)
+    got = read_run(run)
+    samples = np.array([_row_epoch_s(ln) for ln in keep])
+    assert got.gaps.nominal_interval_s == pytest.approx(np.median(np.diff(samples[:, 0])))
+    assert got.gaps.nominal_interval_s == pytest.approx(1.0, abs=0.01)
+    # gaps by the rule of docs/DATA.md on the kept samples: a spacing over 1.5 x the median,
+    # run on past a row that repeats the last power reading (idle readings often do)
+    t, pw = samples.T
+    d = np.diff(t)
+    expected = []
+    for k in np.flatnonzero(d > 1.5 * np.median(d)):
+        stop = k + 2 if pw[k + 1] == pw[k] else k + 1
+        expected.append(t[stop] - t[k])
+    assert len(expected) == got.gaps.count == 1  # where the fixture's 0.76 s gap was
+    assert got.gaps.longest_s == pytest.approx(expected[0], abs=1e-6)
+    np.testing.assert_allclose(got.power_w, np.interp(got.time_s, *samples.T), atol=1e-6)
+    assert got.start_s == ref.start_s and got.n_steps <= ref.n_steps
+
+
+def test_tp2_instant_missing_one_gpu_is_a_gap(copy_run):
+    run = copy_run(GEMMA_TP2)
+    lines = lines_of(run / "power.csv")
+    assert ",1,GPU-e2681f6e" in lines[10]
+    t_missing = _row_epoch_s(lines[10])[0]
+    del lines[10]  # file line 11 = GPU 1 at the 5th instant
+    write_lines(run / "power.csv", lines)
+    got = read_run(run)
+    # GPU 1's samples on either side are 0.5 s apart: one gap, not an error
+    assert got.gaps.count == 1
+    (a, b), = got.gaps.intervals_s
+    assert a + got.start_s < t_missing < b + got.start_s
+    assert b - a == pytest.approx(0.5, abs=0.01)
+    assert not got.valid[(got.time_s > a + got.start_s) & (got.time_s < b + got.start_s)].any()
+
+
+def test_tp2_systematic_misalignment_is_an_error(copy_run):
+    # GPU 1's log starts 30 s (120 samples) after GPU 0's: not a gap, a missing GPU
+    run = copy_run(GEMMA_TP2)
+    lines = lines_of(run / "power.csv")
+    gpu1 = [i for i, ln in enumerate(lines) if ln.split(",")[1] == "1"]
+    drop = set(gpu1[:120])
+    write_lines(run / "power.csv", [ln for i, ln in enumerate(lines) if i not in drop])
+    raises(run, "power.csv", match=["GPU-e2681f6e-8d94-2d66-484f-43ea602335f9's log starts 30.",
+                                    "after another GPU's"])
+    # GPU 1 logged every 0.5 s while GPU 0 every 0.25 s: not gaps, another cadence
+    run = copy_run(GEMMA_TP2, tag="-cadence")
+    drop = set(gpu1[1::2])
+    write_lines(run / "power.csv", [ln for i, ln in enumerate(lines) if i not in drop])
+    raises(run, "power.csv", match=["sampled every 0.500 s", "one cadence"])
+
+
+def test_single_gpu_log_without_gpu_column_and_epoch_seconds(copy_run, measured_dir):
+    """The minimal power CSV of docs/DATA.md: time [epoch s], watts; one GPU, no id column."""
+    ref = read_run(measured_dir / QWEN_R4)
+    run = copy_run()
+    lines = lines_of(run / "power.csv")
+    out = ["timestamp,power_w\n"] + [f"{_row_epoch_s(ln)[0]:.3f},{_row_epoch_s(ln)[1]}\n"
+                                     for ln in lines[1:]]
+    write_lines(run / "power.csv", out)
+    edit_json(run / "manifest.json", lambda m: (m["clock"].update(power_timestamp_basis=
+                                                                  "unix_epoch"),
+                                                m["server"].pop("active_gpu_uuids")))
+    got = read_run(run)
+    assert got.start_s == pytest.approx(ref.start_s, abs=1e-6)
+    np.testing.assert_allclose(got.power_w, ref.power_w, atol=1e-6)
+    np.testing.assert_array_equal(got.valid, ref.valid)
+    # ... but a TP2 log needs the GPU column
+    edit_json(run / "manifest.json", lambda m: m.update(tp=2))
+    raises(run, "power.csv", line=1, match=["no GPU-id column", "tp = 2", "uuid"])
 
 
 def test_manifest_tp_disagrees_with_power_file(copy_run):
@@ -279,16 +471,6 @@ def test_uuid_not_in_active_gpu_uuids(copy_run):
         active_gpu_uuids=[m["server"]["active_gpu_uuids"][0], "GPU-00000000-other"]))
     raises(run, "power.csv", line=3, column="uuid",
            match=["GPU-e2681f6e-8d94-2d66-484f-43ea602335f9", "active_gpu_uuids"])
-
-
-def test_tp2_instant_missing_one_gpu(copy_run):
-    run = copy_run(GEMMA_TP2)
-    lines = lines_of(run / "power.csv")
-    assert ",1,GPU-e2681f6e" in lines[10]
-    del lines[10]  # file line 11 = GPU 1 at the 5th instant; GPU 0's row there is line 10
-    write_lines(run / "power.csv", lines)
-    raises(run, "power.csv", line=10,
-           match=["exactly one row per GPU", "GPU-e2681f6e-8d94-2d66-484f-43ea602335f9 has no row"])
 
 
 def test_missing_files(copy_run):
@@ -379,6 +561,170 @@ def test_requests_core_without_ttfts(copy_run):
     edit_json(run / "requests_core.json", lambda d: d.pop("ttfts"))
     req = read_run(run).requests
     assert len(req) == 200 and req.ttft_s is None and req.latency_s is None
+
+
+# ------------------------------------------------------------------ prefix-cache requests
+
+
+def test_cached_prompt_tokens_read_sorted_and_aligned():
+    """The OpenHands log is in session order; cached tokens follow their requests when the
+    reader sorts by arrival, and sum to the manifest's prefix-cache hit count."""
+    run = read_run(AGENTIC_DIR / OPENHANDS)
+    doc = json.loads((AGENTIC_DIR / OPENHANDS / "requests_core.json").read_text())
+    man = json.loads((AGENTIC_DIR / OPENHANDS / "manifest.json").read_text())
+    req = run.requests
+    assert np.any(np.diff(doc["request_timestamps"]) < 0)  # not globally sorted in the file
+    assert np.all(np.diff(req.arrival_s) >= 0) and len(req) == 119
+    assert req.cached_tokens.dtype == np.int64
+    # PROVENANCE.md: 1,280,816 of 1,409,992 prompt tokens cached (91 %)
+    assert req.cached_tokens.sum() == man["instrumentation"]["prefix_cache"]["hit_token_increase"]
+    assert req.cached_tokens.sum() == 1_280_816 and req.input_tokens.sum() == 1_409_992
+    order = np.argsort(doc["request_timestamps"], kind="stable")
+    for key, got in (("cached_prompt_tokens", req.cached_tokens), ("input_lens", req.input_tokens),
+                     ("output_lens", req.output_tokens), ("turn_idx", req.turn_index)):
+        np.testing.assert_array_equal(got, np.array(doc[key])[order], err_msg=key)
+    assert np.all(req.cached_tokens <= req.input_tokens)
+    assert run.serving.enable_prefix_caching is True  # manifest server.enable_prefix_caching
+    assert run.serving.max_num_seqs == 128
+    # a window keeps the arrays aligned
+    w = req.window(req.arrival_s[10], req.arrival_s[20])
+    np.testing.assert_array_equal(w.cached_tokens, req.cached_tokens[10:20])
+    np.testing.assert_array_equal(w.turn_index, req.turn_index[10:20])
+
+
+def test_cached_tokens_zero_when_absent(measured_dir):
+    run = read_run(measured_dir / QWEN_R4)
+    np.testing.assert_array_equal(run.requests.cached_tokens, np.zeros(200, np.int64))
+    assert run.requests.turn_index is None
+    assert run.serving.enable_prefix_caching is False  # manifest server: false
+
+
+def test_cached_tokens_alias_flag_inference_and_errors(copy_run):
+    run = copy_run(OPENHANDS)
+    path = run / "requests_core.json"
+    edit_json(path, lambda d: d.update(cached_tokens=d.pop("cached_prompt_tokens")))
+    assert read_run(run).requests.cached_tokens.sum() == 1_280_816  # the alias
+    # the manifest does not say: cached tokens in the log mean the cache was on
+    edit_json(run / "manifest.json", lambda m: m["server"].pop("enable_prefix_caching"))
+    assert read_run(run).serving.enable_prefix_caching is True
+    # the manifest says off, the log has cached tokens: a contradiction, named
+    edit_json(run / "manifest.json", lambda m: m["server"].update(enable_prefix_caching=False))
+    raises(run, "manifest.json", column="server.enable_prefix_caching",
+           match=["1280816 cached prompt tokens", "requests_core.json"])
+    edit_json(run / "manifest.json", lambda m: m["server"].update(enable_prefix_caching=True))
+    doc = json.loads(path.read_text())
+    doc["cached_tokens"][7] = doc["input_lens"][7] + 1
+    path.write_text(json.dumps(doc))
+    raises(run, "requests_core.json", column="cached_tokens",
+           match=["'cached_tokens'[7]", "more than the prompt's", "'input_lens'[7]"])
+
+
+# ------------------------------------------------------- vLLM bench serve result JSON
+
+
+def _bench_serve_result(doc: dict, monotonic_zero_s: float, fail: int | None = None) -> dict:
+    """A `vllm bench serve --save-result --save-detailed` result built from a fixture log:
+    the keys that command writes, with start_times on a monotonic clock (perf_counter)."""
+    n = len(doc["input_lens"])
+    out = {"date": "20260718-155900", "endpoint_type": "vllm", "backend": "vllm",
+           "label": None, "model_id": "Qwen/Qwen3-8B", "tokenizer_id": "Qwen/Qwen3-8B",
+           "num_prompts": n, "request_rate": 4.0, "burstiness": 1.0, "max_concurrency": None,
+           "duration": 60.0, "completed": n, "failed": 0,
+           "total_input_tokens": sum(doc["input_lens"]),
+           "total_output_tokens": sum(doc["output_lens"]),
+           "input_lens": list(doc["input_lens"]), "output_lens": list(doc["output_lens"]),
+           "ttfts": list(doc["ttfts"]),
+           "itls": [[0.02] * max(o - 1, 0) for o in doc["output_lens"]],
+           "latencies": [t + 0.02 * max(o - 1, 0) for t, o in zip(doc["ttfts"],
+                                                                    doc["output_lens"])],
+           "start_times": [t - monotonic_zero_s for t in doc["request_timestamps"]],
+           "generated_texts": [""] * n, "errors": [""] * n, "mean_ttft_ms": 40.0}
+    if fail is not None:
+        out["errors"][fail] = "Request timed out"
+        out["output_lens"][fail], out["ttfts"][fail], out["itls"][fail] = 0, 0.0, []
+        out["completed"], out["failed"] = n - 1, 1
+    return out
+
+
+def test_vllm_bench_serve_result_json(copy_run, measured_dir):
+    ref = read_run(measured_dir / QWEN_R4).requests
+    run = copy_run()
+    doc = json.loads((run / "requests_core.json").read_text())
+    (run / "requests_core.json").unlink()
+    zero = 1784409000.0  # epoch of the client's monotonic zero (made up for the test)
+    result = _bench_serve_result(doc, zero, fail=5)
+    name = "vllm-4.0qps-Qwen3-8B-20260718-155900.json"  # the command's own file name
+    (run / name).write_text(json.dumps(result))
+    # start_times are not epoch: named, with what to set
+    raises(run, name, column="start_times", match=["not a Unix-epoch time", "monotonic",
+                                                   "clock.request_epoch_offset_s"])
+    edit_json(run / "manifest.json", lambda m: m["clock"].update(
+        request_timestamp_basis="monotonic", request_epoch_offset_s=zero))
+    req = read_run(run).requests
+    keep = np.arange(200) != 5  # the failed request (errors[5]) is dropped
+    assert len(req) == 199
+    np.testing.assert_allclose(req.arrival_s, np.array(doc["request_timestamps"])[keep],
+                               atol=1e-6)
+    np.testing.assert_array_equal(req.input_tokens, ref.input_tokens[keep])
+    np.testing.assert_allclose(req.latency_s, np.array(result["latencies"])[keep])
+    # the manifest key the monotonic basis needs, named when missing
+    edit_json(run / "manifest.json", lambda m: m["clock"].pop("request_epoch_offset_s"))
+    raises(run, "manifest.json", column="clock.request_epoch_offset_s", match="missing key")
+
+
+def test_bench_result_without_arrival_times_or_arrays(copy_run):
+    run = copy_run()
+    doc = json.loads((run / "requests_core.json").read_text())
+    (run / "requests_core.json").unlink()
+    result = _bench_serve_result(doc, 0.0)
+    # benchmark_serving.py (vLLM <= 0.10) writes no per-request times at all
+    del result["start_times"]
+    (run / "result.json").write_text(json.dumps(result))
+    raises(run, "result.json", column="request_timestamps",
+           match=["no per-request arrival times", "start_times", "request_rate",
+                  "--save-detailed"])
+    # saved without --save-detailed: no per-request arrays
+    for key in ("input_lens", "output_lens", "ttfts", "itls", "generated_texts", "errors",
+                "latencies"):
+        del result[key]
+    (run / "result.json").write_text(json.dumps(result))
+    raises(run, "result.json", column="input_lens", match="re-run the benchmark with")
+
+
+def test_request_log_discovery(copy_run):
+    run = copy_run()
+    core = (run / "requests_core.json").read_text()
+    (run / "requests_core.json").unlink()
+    (run / "vllm-result.json").write_text(core)
+    (run / "vllm-result.pytorch.json").write_text("[]")  # a side file vllm may write
+    assert len(read_run(run).requests) == 200  # the only other JSON is the log
+    (run / "notes.json").write_text("{}")
+    err = raises(run, run.name, match=["several JSON files", "notes.json", "vllm-result.json"])
+    assert "pytorch" not in str(err)
+    (run / "requests.json").write_text(core)  # requests.json wins over the rest
+    assert len(read_run(run).requests) == 200
+
+
+def test_minimal_manifest_of_data_md(copy_run, measured_dir):
+    """docs/DATA.md's minimal manifest: model, gpu, tp and the clock of the power log."""
+    ref = read_run(measured_dir / QWEN_R4)
+    run = copy_run()
+    (run / "engine.csv").unlink()
+    (run / "manifest.json").write_text(json.dumps({
+        "model": "Qwen/Qwen3-8B", "gpu": "a100", "tp": 1,
+        "clock": {"power_timestamp_basis": "local_wall_time", "local_utc_offset_s": -25200}}))
+    got = read_run(run)
+    assert (got.config_id, got.run_id) == ("qwen3-8b_A100_tp1", run.name)
+    assert got.start_s == ref.start_s
+    np.testing.assert_array_equal(got.power_w, ref.power_w)
+    assert got.serving == type(ref.serving)()  # defaults
+    assert got.engine is None
+
+
+def test_max_gap_s_must_be_positive(measured_dir):
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="max_gap_s"):
+            read_run(measured_dir / QWEN_R4, max_gap_s=bad)
 
 
 # ------------------------------------------------------------------------------ engine.csv

@@ -39,6 +39,9 @@ class RunManifest:
     active_uuids : ``server.active_gpu_uuids`` (or ``instrumentation.power.device_ids``),
         or None when the manifest lists neither.
     power_basis : ``clock.power_timestamp_basis``, ``"local_wall_time"`` or ``"unix_epoch"``.
+    request_basis : ``clock.request_timestamp_basis``, ``"unix_epoch"`` or ``"monotonic"``
+        (the client's monotonic clock; ``clock.request_epoch_offset_s`` is then its zero on
+        the epoch clock, and required).
     local_utc_offset_s : [s] local wall time minus UTC (-25200 for UTC-7).
     power_epoch_offset_s, request_epoch_offset_s, engine_epoch_offset_s : [s] added to the
         respective timestamps after conversion to epoch (0 when absent).
@@ -52,6 +55,7 @@ class RunManifest:
     tp: int
     active_uuids: tuple[str, ...] | None
     power_basis: str
+    request_basis: str
     local_utc_offset_s: float
     power_epoch_offset_s: float
     request_epoch_offset_s: float
@@ -82,10 +86,12 @@ def _get(path: Path, doc: dict, key: str, kind: type | tuple, default: Any = _MI
 def read_manifest(path: Path) -> RunManifest:
     """Read and check ``manifest.json``.
 
-    Required: ``model``, ``hardware``, ``tp`` (>= 1). ``run_id`` defaults to the folder name.
-    ``clock.power_timestamp_basis`` defaults to ``"unix_epoch"``; with ``"local_wall_time"``,
-    ``clock.local_utc_offset_s`` is required. Request and engine timestamps must be Unix
-    epoch. Missing ``server`` keys take the :class:`ServingSettings` defaults.
+    Required: ``model``, ``hardware`` (or ``gpu``), ``tp`` (>= 1). ``run_id`` defaults to the
+    folder name. ``clock.power_timestamp_basis`` defaults to ``"unix_epoch"``; with
+    ``"local_wall_time"``, ``clock.local_utc_offset_s`` is required. Engine timestamps must be
+    Unix epoch; request timestamps Unix epoch or, with ``clock.request_timestamp_basis =
+    "monotonic"``, a monotonic clock whose zero ``clock.request_epoch_offset_s`` gives. Missing
+    ``server`` keys take the :class:`ServingSettings` defaults.
     """
     doc = load_json(path)
     if not isinstance(doc, dict):
@@ -100,11 +106,17 @@ def read_manifest(path: Path) -> RunManifest:
                          f"'unix_epoch', got {basis!r}", column="clock.power_timestamp_basis")
     offset = _get(path, doc, "clock.local_utc_offset_s", num,
                   _MISSING if basis == "local_wall_time" else 0.0)
-    for which in ("request", "engine"):
-        key = f"clock.{which}_timestamp_basis"
-        if _get(path, doc, key, str, "unix_epoch") != "unix_epoch":
-            raise InputError(path, f"{key} must be 'unix_epoch', got {doc['clock'][key]!r}",
-                             column=key)
+    key = "clock.engine_timestamp_basis"
+    if _get(path, doc, key, str, "unix_epoch") != "unix_epoch":
+        raise InputError(path, f"{key} must be 'unix_epoch', got {doc['clock'][key]!r}",
+                         column=key)
+    key = "clock.request_timestamp_basis"
+    request_basis = _get(path, doc, key, str, "unix_epoch")
+    if request_basis not in ("unix_epoch", "monotonic"):
+        raise InputError(path, f"{key} must be 'unix_epoch' or 'monotonic', got "
+                         f"{request_basis!r}", column=key)
+    if request_basis == "monotonic":
+        _get(path, doc, "clock.request_epoch_offset_s", num)  # required: names the key
     active = _get(path, doc, "server.active_gpu_uuids", list, None)
     if active is None:
         active = _get(path, doc, "instrumentation.power.device_ids", list, None)
@@ -122,10 +134,12 @@ def read_manifest(path: Path) -> RunManifest:
     return RunManifest(
         run_id=_get(path, doc, "run_id", str, path.parent.name),
         model=_get(path, doc, "model", str),
-        hardware=_get(path, doc, "hardware", str).upper(),
+        hardware=_get(path, doc, "hardware" if "hardware" in doc or "gpu" not in doc else "gpu",
+                      str).upper(),
         tp=tp,
         active_uuids=None if active is None else tuple(active),
         power_basis=basis,
+        request_basis=request_basis,
         local_utc_offset_s=float(offset),
         power_epoch_offset_s=float(_get(path, doc, "clock.power_epoch_offset_s", num, 0.0)),
         request_epoch_offset_s=float(_get(path, doc, "clock.request_epoch_offset_s", num, 0.0)),

@@ -1,13 +1,15 @@
 """Read measured run folders into :class:`RunTrace` values.
 
-A run folder holds ``manifest.json``, ``power.csv``, ``requests.json`` or
-``requests_core.json``, and optionally ``engine.csv`` (see ``tests/data/measured/`` and the
-provenance notes there for the format).
+A run folder holds ``manifest.json``, ``power.csv``, a request log (``requests.json``,
+``requests_core.json`` or a ``vllm bench serve`` result JSON: see
+:func:`~distgen.ingest.requests.find_request_log`), and optionally ``engine.csv`` (see
+``docs/DATA.md``, ``tests/data/measured/`` and the provenance notes there).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,26 +19,32 @@ from distgen.errors import InputError
 from distgen.ingest.engine import read_engine
 from distgen.ingest.manifest import read_manifest
 from distgen.ingest.power import read_power, resample
-from distgen.ingest.requests import REQUEST_FILES, read_requests
+from distgen.ingest.requests import find_request_log, read_requests
 from distgen.ingest.trace import RunTrace, config_id_for
 
+#: [s] Default longest sampling gap a run may have. Real nvidia-smi logs miss 1.0-2.04 s at
+#: times; a gap is masked either way, and only a run with a longer gap is refused.
+DEFAULT_MAX_GAP_S = 10.0
 
 
-def read_run(run_dir: str | os.PathLike, *, max_gap_s: float = 2.0) -> RunTrace:
+def read_run(run_dir: str | os.PathLike, *, max_gap_s: float = DEFAULT_MAX_GAP_S) -> RunTrace:
     """Read one measured run folder.
 
     Parameters
     ----------
-    run_dir : folder with ``manifest.json``, ``power.csv``, ``requests.json`` (preferred) or
-        ``requests_core.json``, and optionally ``engine.csv``.
-    max_gap_s : [s] longest allowed spacing between consecutive power sampling instants;
-        shorter gaps are linearly interpolated.
+    run_dir : folder with ``manifest.json``, ``power.csv``, a request log and optionally
+        ``engine.csv``.
+    max_gap_s : [s] longest sampling gap accepted. Every gap (a spacing of more than 1.5
+        nominal sampling intervals) is masked in ``RunTrace.valid``, never fitted on or
+        scored; a run with a gap longer than ``max_gap_s`` is refused.
 
     Returns
     -------
     RunTrace on the Unix-epoch clock: deployment power (sum over the TP group) on a regular
-    ``INTERVAL_S`` grid starting at the first sampling instant, the request log sorted by
-    arrival, and the engine log (None without ``engine.csv``).
+    ``INTERVAL_S`` grid over the time every GPU was logged, its validity mask and gap report,
+    the request log sorted by arrival, and the engine log (None without ``engine.csv``).
+    ``serving.enable_prefix_caching`` is the manifest's ``server.enable_prefix_caching``; when
+    the manifest does not say, it is True if the request log has cached prompt tokens.
 
     Raises
     ------
@@ -48,7 +56,8 @@ def read_run(run_dir: str | os.PathLike, *, max_gap_s: float = 2.0) -> RunTrace:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError(run_dir, "run folder not found")
-    man = read_manifest(run_dir / "manifest.json")
+    man_path = run_dir / "manifest.json"
+    man = read_manifest(man_path)
 
     power_path = run_dir / "power.csv"
     if not power_path.is_file():
@@ -56,19 +65,28 @@ def read_run(run_dir: str | os.PathLike, *, max_gap_s: float = 2.0) -> RunTrace:
     log = read_power(power_path, tp=man.tp, active_uuids=man.active_uuids,
                      basis=man.power_basis, utc_offset_s=man.local_utc_offset_s,
                      epoch_offset_s=man.power_epoch_offset_s)
-    start_s, power_w = resample(log, power_path, interval_s=INTERVAL_S, max_gap_s=max_gap_s)
+    grid = resample(log, power_path, interval_s=INTERVAL_S, max_gap_s=max_gap_s)
 
-    req_path = next((run_dir / n for n in REQUEST_FILES if (run_dir / n).is_file()), None)
-    if req_path is None:
-        raise InputError(run_dir / REQUEST_FILES[0],
-                         f"file not found (nor {REQUEST_FILES[1]}): the run has no request log")
-    requests = read_requests(req_path, epoch_offset_s=man.request_epoch_offset_s)
-    first_s, last_s = float(log.time_s[0]), float(log.time_s[-1])
+    req_path = find_request_log(run_dir)
+    requests = read_requests(req_path, epoch_offset_s=man.request_epoch_offset_s,
+                             basis=man.request_basis)
+    first_s = grid.start_s
+    last_s = grid.start_s + INTERVAL_S * (grid.power_w.size - 1)
     if not np.any((requests.arrival_s >= first_s) & (requests.arrival_s <= last_s)):
         raise InputError(req_path, f"no request arrives inside the power window "
                          f"[{first_s:.3f}, {last_s:.3f}] s (power.csv, epoch); requests span "
                          f"[{requests.arrival_s[0]:.3f}, {requests.arrival_s[-1]:.3f}] s",
                          column="request_timestamps")
+
+    serving = man.serving
+    n_cached = int(requests.cached_tokens.sum())
+    declared = man.raw.get("server", {}).get("enable_prefix_caching")
+    if declared is None and n_cached > 0:
+        serving = replace(serving, enable_prefix_caching=True)
+    elif declared is False and n_cached > 0:
+        raise InputError(man_path, f"server.enable_prefix_caching is false but {req_path.name} "
+                         f"has {n_cached} cached prompt tokens",
+                         column="server.enable_prefix_caching")
 
     engine_path = run_dir / "engine.csv"
     engine = (read_engine(engine_path, epoch_offset_s=man.engine_epoch_offset_s)
@@ -76,9 +94,9 @@ def read_run(run_dir: str | os.PathLike, *, max_gap_s: float = 2.0) -> RunTrace:
 
     return RunTrace(
         run_id=man.run_id, source=run_dir, config_id=config_id_for(man.model, man.hardware, man.tp),
-        model_name=man.model, gpu=man.hardware, tp=man.tp, start_s=start_s,
-        interval_s=INTERVAL_S, power_w=power_w, requests=requests, engine=engine,
-        serving=man.serving, manifest=man.raw,
+        model_name=man.model, gpu=man.hardware, tp=man.tp, start_s=grid.start_s,
+        interval_s=INTERVAL_S, power_w=grid.power_w, requests=requests, engine=engine,
+        serving=serving, manifest=man.raw, valid=grid.valid, gaps=grid.gaps,
     )
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class RequestLog:
-    """Requests as the benchmark client sent them.
+    """Requests as the benchmark client sent them, sorted by arrival (arrays aligned).
 
     Attributes
     ----------
@@ -18,8 +18,13 @@ class RequestLog:
     input_tokens : int64 (n,) [tokens] prompt length.
     output_tokens : int64 (n,) [tokens] generated length.
     ttft_s : float64 (n,) [s] time to first token, or None when the log has none.
-    latency_s : float64 (n,) [s] end-to-end latency (TTFT + sum of inter-token latencies), or
-        None when the log has no inter-token latencies (``requests_core.json``).
+    latency_s : float64 (n,) [s] end-to-end latency (TTFT + sum of inter-token latencies, or
+        the client's own per-request latency), or None when the log has neither.
+    cached_tokens : int64 (n,) [tokens] prompt tokens served from the engine's prefix cache
+        (``0 <= cached_tokens <= input_tokens``); zeros when the log does not record them
+        (``None`` given to the constructor becomes zeros).
+    turn_index : int64 (n,) turn of the request within its session (0 = first), or None for
+        a log without sessions.
     """
 
     arrival_s: np.ndarray
@@ -27,6 +32,13 @@ class RequestLog:
     output_tokens: np.ndarray
     ttft_s: np.ndarray | None = None
     latency_s: np.ndarray | None = None
+    cached_tokens: np.ndarray | None = None
+    turn_index: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.cached_tokens is None:
+            object.__setattr__(self, "cached_tokens",
+                               np.zeros(self.arrival_s.shape[0], np.int64))
 
     def __len__(self) -> int:
         return int(self.arrival_s.shape[0])
@@ -36,7 +48,8 @@ class RequestLog:
         keep = (self.arrival_s >= start_s) & (self.arrival_s < end_s)
         pick = (lambda a: None if a is None else a[keep])
         return RequestLog(self.arrival_s[keep], self.input_tokens[keep], self.output_tokens[keep],
-                          pick(self.ttft_s), pick(self.latency_s))
+                          pick(self.ttft_s), pick(self.latency_s), self.cached_tokens[keep],
+                          pick(self.turn_index))
 
 
 @dataclass(frozen=True)
@@ -70,12 +83,66 @@ class EngineLog:
 
 @dataclass(frozen=True)
 class ServingSettings:
-    """Serving-engine settings that shape batching (from the manifest's ``server`` block)."""
+    """Serving-engine settings that shape batching (from the manifest's ``server`` block).
+
+    ``enable_prefix_caching``: the engine reuses the KV cache of a prompt prefix it has seen
+    (vLLM ``--enable-prefix-caching``); the request log's ``cached_tokens`` say how much.
+    """
 
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
     max_model_len: int = 32768
     enable_chunked_prefill: bool = True
+    enable_prefix_caching: bool = False
+
+
+@dataclass(frozen=True)
+class GapReport:
+    """Sampling gaps of a power log: stretches with no measurement, masked, never interpolated.
+
+    A gap is a spacing between consecutive samples of one GPU longer than
+    ``GAP_FACTOR`` (1.5) nominal sampling intervals (the median spacing), i.e. at least one
+    sample is missing. A row right after a gap that repeats the last row's power exactly is a
+    stale reading, not a measurement, and the gap runs on to the next row. For a TP group the
+    gaps of its GPUs are merged. Grid steps strictly inside a gap are invalid
+    (``RunTrace.valid``); steps at the samples on either side are measured and valid.
+
+    Attributes
+    ----------
+    nominal_interval_s : [s] median spacing of the samples (the instrument's cadence).
+    intervals_s : ((start, stop), ...) [s since ``RunTrace.start_s``] the samples on either
+        side of each gap, in time order.
+    step_ranges : ((first, stop), ...) half-open ranges of the invalid grid steps of each gap
+        (empty when a short gap holds no grid step).
+    """
+
+    nominal_interval_s: float
+    intervals_s: tuple[tuple[float, float], ...] = ()
+    step_ranges: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def count(self) -> int:
+        return len(self.intervals_s)
+
+    @property
+    def total_s(self) -> float:
+        """[s] Sum of the gaps' lengths (time between the samples on either side)."""
+        return float(sum(b - a for a, b in self.intervals_s))
+
+    @property
+    def longest_s(self) -> float:
+        """[s] Length of the longest gap (0 without gaps)."""
+        return float(max((b - a for a, b in self.intervals_s), default=0.0))
+
+    @property
+    def invalid_steps(self) -> int:
+        return int(sum(b - a for a, b in self.step_ranges))
+
+    def to_dict(self) -> dict:
+        return {"nominal_interval_s": self.nominal_interval_s, "count": self.count,
+                "total_s": self.total_s, "longest_s": self.longest_s,
+                "invalid_steps": self.invalid_steps,
+                "intervals_s": [list(iv) for iv in self.intervals_s]}
 
 
 @dataclass(frozen=True)
@@ -93,12 +160,16 @@ class RunTrace:
     start_s : [s, Unix epoch] time of ``power_w[0]``.
     interval_s : [s] grid spacing of ``power_w`` (0.25).
     power_w : float64 (n_steps,) [W] deployment power, the sum over the TP group's GPUs, on the
-        regular grid ``start_s + interval_s * k``.
+        regular grid ``start_s + interval_s * k``; finite everywhere, linearly interpolated
+        across gaps (for plotting only: see ``valid``).
     requests : the request log.
     engine : the engine metrics log, or None for a run without ``engine.csv`` (such a run can
         be validated against but not fitted on).
-    serving : batching settings.
+    serving : batching and caching settings.
     manifest : the raw manifest, for provenance.
+    valid : bool (n_steps,) False on grid steps inside a sampling gap; fitting and scoring use
+        only valid steps (None given to the constructor becomes all True).
+    gaps : the sampling gaps (:class:`GapReport`).
     """
 
     run_id: str
@@ -114,6 +185,12 @@ class RunTrace:
     engine: EngineLog | None
     serving: ServingSettings = field(default_factory=ServingSettings)
     manifest: dict = field(default_factory=dict, repr=False)
+    valid: np.ndarray | None = field(default=None, repr=False)
+    gaps: GapReport = field(default_factory=lambda: GapReport(nominal_interval_s=float("nan")))
+
+    def __post_init__(self):
+        if self.valid is None:
+            object.__setattr__(self, "valid", np.ones(self.power_w.shape[0], bool))
 
     @property
     def n_steps(self) -> int:
