@@ -25,7 +25,7 @@ from distgen.errors import DistgenError
 from distgen.io import SeriesWriter, finalize_output_dir, prepare_output_dir
 from distgen.io.outdir import MARKER_NAME
 from distgen.io.runoutput import RunOutput
-from distgen.planning.options import AnalysisOptions, AnnualOptions, CappingOptions
+from distgen.planning.options import AnalysisOptions, CappingOptions
 from distgen.planning.run import analyze_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -337,28 +337,29 @@ FACILITY = {"rows": 1, "racks_per_row": 3, "servers_per_rack": 2, "gpus_per_serv
 
 
 def write_hand_run(folder: Path, *, hours: int = 24, start: str = "2026-07-01T00:00:00",
-                   csv: bool = False) -> np.ndarray:
-    """A run of 3 identical racks, 60 s resolution, each rack at (10 + clock hour) kW; the site
-    IT is their sum, facility x 1.5. Returns the rack trace [W]."""
-    n = hours * 60
-    hour = (np.arange(n) // 60) % 24
+                   res_s: float = 60.0) -> np.ndarray:
+    """A run of 3 identical racks at ``res_s`` resolution, each rack at (10 + clock hour) kW;
+    the site IT is their sum, facility x 1.5. Returns the rack trace [W]."""
+    n = int(hours * 3600 / res_s)
+    hour = (np.arange(n) * res_s // 3600).astype(int) % 24
     rack = (10.0 + hour) * 1e3
-    grid = {"start_time": start, "interval_s": 0.25, "n_steps": n * 240,
+    grid = {"start_time": start, "interval_s": 0.25, "n_steps": hours * 14400,
             "duration_s": hours * 3600.0}
     prepare_output_dir(folder)
-    t = np.arange(n) * 60.0
+    t = np.arange(n) * res_s
+    tag = f"{res_s:g}s"
     files = []
-    with SeriesWriter(folder / "site_60s.parquet", level="site", resolution_s=60.0,
+    with SeriesWriter(folder / f"site_{tag}.parquet", level="site", resolution_s=res_s,
                       value_columns=["it_power_w", "facility_power_w"], entity_column=None,
                       units={"it_power_w": "W", "facility_power_w": "W"}, grid=grid) as w:
         w.write(t, {"it_power_w": 3 * rack, "facility_power_w": PUE * 3 * rack})
-        files.append({**w.close(), "resolution_s": 60.0, "format": "parquet"})
-    with SeriesWriter(folder / "racks_60s.parquet", level="racks", resolution_s=60.0,
+        files.append({**w.close(), "resolution_s": res_s, "format": "parquet"})
+    with SeriesWriter(folder / f"racks_{tag}.parquet", level="racks", resolution_s=res_s,
                       value_columns=["power_w", "timestamp_extra_w"], entity_column="rack_id",
                       units={"power_w": "W", "timestamp_extra_w": "W"}, grid=grid) as w:
         w.write(t, {"power_w": np.tile(rack[:, None], (1, 3)),
                     "timestamp_extra_w": np.zeros((n, 3))}, entity_ids=np.arange(3))
-        files.append({**w.close(), "resolution_s": 60.0, "format": "parquet"})
+        files.append({**w.close(), "resolution_s": res_s, "format": "parquet"})
     files.append({"path": "notes.txt", "level": "other", "format": "text"})
     (folder / "notes.txt").write_text("a file analysis must ignore\n")
     manifest = {"config": {"facility": FACILITY, "start_time": start},
@@ -413,8 +414,8 @@ def test_analyze_exports_are_energy_consistent(hand_run, tmp_path):
     np.testing.assert_allclose(annual[:, 1], annual[:, 0] * PUE, rtol=1e-14)
     dss = (tmp_path / "loadshape_site_8760h.dss").read_text().splitlines()
     new = [ln for ln in dss if ln.startswith("New Loadshape.")]
-    assert new == [f"New Loadshape.distgen_f00dfeed_8760h npts=8760 sinterval=3600 "
-                   f"mult=(file=loadshape_site_8760h.csv)"]
+    assert new == ["New Loadshape.distgen_f00dfeed_8760h npts=8760 sinterval=3600 "
+                   "mult=(file=loadshape_site_8760h.csv)"]
     mult = np.loadtxt(tmp_path / "loadshape_site_8760h.csv")
     base_kw = e["opendss_8760h"]["base_kw"]
     assert base_kw == pytest.approx(4.5 * 33, rel=1e-14) and mult.max() == 1.0
@@ -433,6 +434,21 @@ def test_annual_profile_of_a_short_run_is_skipped_with_the_reason(tmp_path):
     assert "at least 24 h" in a.doc["exports"]["annual_8760h"]["skipped"]
     assert not (tmp_path / "x" / "annual_8760h.csv").exists()
     assert (tmp_path / "x" / "site_900s.csv").is_file()
+
+
+def test_hourly_only_run_skips_the_15min_exports_but_keeps_the_annual_profile(tmp_path):
+    """Site and racks at 3600 s only: no 15-minute view exists (skipped with the reason), the
+    ramps below 1 h are null, and the 8760-h profile still comes from the 24 hourly means."""
+    folder = tmp_path / "hourly"
+    rack = write_hand_run(folder, res_s=3600.0)
+    a = analyze_run(folder, AnalysisOptions(exports_dir=tmp_path / "x"))
+    e = a.doc["exports"]
+    assert "dividing 900 s" in e["site_15min_csv"]["skipped"]
+    assert "opendss_15min" not in e
+    assert e["annual_8760h"]["facility_energy_j"] == pytest.approx(
+        365 * PUE * 3 * rack.sum() * 3600.0, rel=1e-12)
+    site = a.doc["levels"]["site"]["facility"]
+    assert site["ramp_up_max_w_per_15min"] is None and site["ramp_up_max_w_per_1h"] == 4500.0
 
 
 def test_analyze_oversubscription_on_the_hand_made_run(hand_run):

@@ -263,14 +263,20 @@ def exports(run: RunOutput, folder: Path | None, options: AnnualOptions) -> dict
     from distgen.io.loadshape import opendss_name, write_annual_csv, write_opendss_loadshape
 
     out: dict = {"folder": str(folder) if folder else None}
-    site = _site_fine(run, 900.0)
-    q_fac = loadprofile.block_means(site.facility_power_w, site.resolution_s, 900.0)
-    q_it = loadprofile.block_means(site.it_power_w, site.resolution_s, 900.0)
-    factor = loadprofile.block_factor(site.resolution_s, 900.0)
-    n_q = 0 if q_fac is None else q_fac.size
-    fine_energy = float(site.facility_power_w[:n_q * factor].sum() * site.resolution_s)
+    try:
+        site = _site_fine(run, 900.0)
+    except DistgenError as exc:
+        site, reason = None, str(exc)
+    n_q, fine_energy = 0, 0.0
+    if site is not None:
+        q_fac = loadprofile.block_means(site.facility_power_w, site.resolution_s, 900.0)
+        q_it = loadprofile.block_means(site.it_power_w, site.resolution_s, 900.0)
+        factor = loadprofile.block_factor(site.resolution_s, 900.0)
+        n_q = 0 if q_fac is None else q_fac.size
+        fine_energy = float(site.facility_power_w[:n_q * factor].sum() * site.resolution_s)
+        reason = "the run is shorter than 15 minutes"
     csv = run.site_csv()
-    if csv is not None and np.allclose(csv.interval_s, 900.0):
+    if site is not None and csv is not None and np.allclose(csv.interval_s, 900.0):
         csv_energy = float(csv.facility_energy_kwh.sum() * _J_PER_KWH)
         out["site_15min_csv"] = {"path": str(csv.path), "written": False,
                                  "intervals": int(csv.interval_s.size),
@@ -289,7 +295,7 @@ def exports(run: RunOutput, folder: Path | None, options: AnnualOptions) -> dict
                                  "facility_energy_j": float(q_fac.sum() * 900.0),
                                  "fine_trace_facility_energy_j": fine_energy}
     else:
-        out["site_15min_csv"] = {"skipped": "the run is shorter than 15 minutes"}
+        out["site_15min_csv"] = {"skipped": reason}
 
     name = opendss_name(f"distgen_{run.config_hash[:8]}")
     if n_q:
@@ -706,6 +712,8 @@ def format_analysis(doc: dict) -> str:
     if "facility_energy_j" in q:
         out.append(f"15-min CSV {q['path']}: {q['facility_energy_j'] / _J_PER_KWH:,.1f} kWh "
                    f"(fine trace {q['fine_trace_facility_energy_j'] / _J_PER_KWH:,.1f} kWh)")
+    elif "skipped" in q:
+        out.append(f"15-min CSV: skipped ({q['skipped']})")
     a = e.get("annual_8760h", {})
     if "skipped" in a:
         out.append(f"8760-h profile: skipped ({a['skipped']})")

@@ -267,6 +267,8 @@ def write_run_report(analysis: Analysis, folder: str | Path, *, breaker_w: float
         lines.append(f"15-minute interval CSV `{q['path']}`: {q['intervals']} intervals, "
                      f"{q['facility_energy_j'] / 3.6e6:,.1f} kWh (fine trace over the same "
                      f"intervals: {q['fine_trace_facility_energy_j'] / 3.6e6:,.1f} kWh)")
+    elif "skipped" in q:
+        lines.append(f"15-minute interval CSV: skipped ({q['skipped']})")
     a = e.get("annual_8760h", {})
     lines.append(f"8760-hour profile: skipped ({a['skipped']})" if "skipped" in a else
                  f"8760-hour profile `{a.get('path')}` from {a['start_date']}: "
