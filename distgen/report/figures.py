@@ -73,6 +73,14 @@ def _steps(ax, start, time_s, power_w, resolution_s, **kw):
     ax.step(x, y, where="post", **kw)
 
 
+def _means_label(resolution_s: float) -> str:
+    if resolution_s < 60:
+        return f"{resolution_s:g} s means"
+    if resolution_s < 3600:
+        return f"{resolution_s / 60:g} min means"
+    return f"{resolution_s / 3600:g} h means"
+
+
 def site_power(path: Path, *, start: dt.datetime, series: list[tuple[float, np.ndarray,
                np.ndarray]], zoom: tuple[float, np.ndarray, np.ndarray] | None,
                zoom_coarse: tuple[float, np.ndarray, np.ndarray] | None, stamp: str) -> Path:
@@ -87,8 +95,7 @@ def site_power(path: Path, *, start: dt.datetime, series: list[tuple[float, np.n
                         rows=rows)
     ax = axes[0, 0]
     for k, (res, t, p) in enumerate(series):
-        label = f"{res:g} s means" if res < 60 else (f"{res / 60:g} min means" if res < 3600
-                                                     else f"{res / 3600:g} h means")
+        label = _means_label(res)
         style = dict(lw=0.5, alpha=0.45, color="#888") if k == 0 and len(series) > 1 else \
             dict(lw=1.4, color=_COLORS[k % len(_COLORS)])
         _steps(ax, start, t, p, res, label=label, **style)
@@ -100,10 +107,10 @@ def site_power(path: Path, *, start: dt.datetime, series: list[tuple[float, np.n
     if zoom is not None:
         ax = axes[1, 0]
         res, t, p = zoom
-        _steps(ax, start, t, p, res, lw=0.8, color="#444", label=f"{res:g} s means")
+        _steps(ax, start, t, p, res, lw=0.8, color="#444", label=_means_label(res))
         if zoom_coarse is not None:
             r2, t2, p2 = zoom_coarse
-            _steps(ax, start, t2, p2, r2, lw=1.6, color=_COLORS[0], label=f"{r2:g} s means")
+            _steps(ax, start, t2, p2, r2, lw=1.6, color=_COLORS[1], label=_means_label(r2))
         ax.set_xlabel("local time")
         ax.set_ylabel("facility power [kW]")
         ax.set_title(f"zoom: {len(t) * res / 60:g} minutes around the {res:g} s peak",
