@@ -171,7 +171,7 @@ def test_ks_unequal_sizes_hand_case():
 
 
 def test_ks_matches_scipy_on_tied_data():
-    stats = pytest.importorskip("scipy.stats")
+    from scipy import stats  # a dependency of distgen: its absence is an error, not a skip
     rng = np.random.default_rng(1)
     for _ in range(20):
         y = rng.integers(0, 6, size=rng.integers(1, 40))
@@ -264,6 +264,22 @@ def test_acf_r2_identical_is_one():
     rng = np.random.default_rng(3)
     y = rng.standard_normal(200).cumsum()
     assert acf_r2(y, y) == 1.0
+    # an affine copy has the same ACF but not the same bits: 1 through the formula (up to
+    # round-off), not through the identical-input shortcut
+    assert acf_r2(y, 3.0 * y + 7.0) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_acf_r2_hand_case_positive():
+    y = [1, 2, 3, 4]
+    yhat = [1, 2, 4, 3]
+    # lags k = 1..2 (n = 4 < max_lag + 2)
+    # acf_y (see test_acf_hand_case): 0.25, -0.3
+    # yhat: mean 2.5, d = [-1.5, -0.5, 1.5, 0.5], lag 0: 2.25 + 0.25 + 2.25 + 0.25 = 5
+    #   lag 1: 0.75 - 0.75 + 0.75 = 0.75 -> 0.15; lag 2: -2.25 - 0.25 = -2.5 -> -0.5
+    # ss_res = (0.25 - 0.15)^2 + (-0.3 + 0.5)^2 = 0.01 + 0.04 = 0.05
+    # ss_tot = 0.15125 (test_acf_r2_hand_case_negative) = 121 / 800
+    # R^2 = 1 - (1/20) / (121/800) = 1 - 40/121 = 81/121 = 0.6694...
+    assert acf_r2(y, yhat) == pytest.approx(81.0 / 121.0, rel=1e-12)
 
 
 def test_acf_r2_hand_case_negative():
@@ -281,15 +297,16 @@ def test_acf_r2_hand_case_negative():
 def test_acf_r2_uses_max_lag():
     y = [1, 2, 3, 4, 5, 6, 7, 8]
     yhat = [1, 3, 2, 4, 6, 5, 7, 8]
+    # expected from the plain-loop reference ACF, not from the module's own autocorrelation
     k = 3
-    a = autocorrelation(y, k)[1:]
-    b = autocorrelation(yhat, k)[1:]
+    a = np.array(_acf_double_loop(y, k)[1:])
+    b = np.array(_acf_double_loop(yhat, k)[1:])
     expected = 1.0 - np.sum((a - b) ** 2) / np.sum((a - a.mean()) ** 2)
     assert acf_r2(y, yhat, max_lag=k) == pytest.approx(expected)
     # short series: max_lag 50 falls back to lags 1..n-2 = 1..6
     k = 6
-    a = autocorrelation(y, k)[1:]
-    b = autocorrelation(yhat, k)[1:]
+    a = np.array(_acf_double_loop(y, k)[1:])
+    b = np.array(_acf_double_loop(yhat, k)[1:])
     expected = 1.0 - np.sum((a - b) ** 2) / np.sum((a - a.mean()) ** 2)
     assert acf_r2(y, yhat) == pytest.approx(expected)
 
@@ -407,18 +424,26 @@ def test_fidelity_scores_perfect_after_align():
     }
 
 
-def test_fidelity_scores_match_individual_metrics():
-    rng = np.random.default_rng(2)
-    y = _ar1(rng, 300, 0.9)
-    yhat = _ar1(rng, 320, 0.7)
-    s = fidelity_scores(y, yhat, max_lag=20)
-    ya, yha = y, yhat[:300]
-    assert s["energy_err_pct"] == pytest.approx(energy_error_pct(ya, yha))
-    assert s["ks"] == pytest.approx(ks_statistic(ya, yha))
-    assert s["acf_r2"] == pytest.approx(acf_r2(ya, yha, max_lag=20))
-    assert s["nrmse"] == pytest.approx(nrmse(ya, yha))
-    assert s["p95_err_pct"] == pytest.approx(percentile_error_pct(ya, yha, 95))
-    assert s["p99_err_pct"] == pytest.approx(percentile_error_pct(ya, yha, 99))
+def test_fidelity_scores_hand_case():
+    y = [1, 2, 3, 4]
+    yhat = [2, 2, 3, 5, 100]  # longer: align() drops the 100
+    s = fidelity_scores(y, yhat)
+    # energy: |12 - 10| / 10 = 20 %
+    # KS: F_y = .25, .5, .75, 1, 1 and F_yhat = 0, .5, .75, .75, 1 at 1..5 -> 0.25
+    # ACF R^2 (lags 1..2): acf_y = 0.25, -0.3; yhat: mean 3, d = [-1, -1, 0, 2], lag 0: 6,
+    #   lag 1: 1 -> 1/6, lag 2: -2 -> -1/3; ss_res = (1/12)^2 + (1/30)^2 = 29/3600,
+    #   ss_tot = 121/800 -> 1 - (29/3600) / (121/800) = 1 - 58/1089 = 1031/1089
+    # NRMSE: errors 1, 0, 0, 1 -> sqrt(0.5) / range 3
+    # P95 (h = 0.95 * 3 = 2.85): y 3 + 0.85 = 3.85, yhat [2, 2, 3, 5] 3 + 0.85 * 2 = 4.7
+    #   -> 100 * 0.85 / 3.85; P99 (h = 2.97): 3.97 and 4.94 -> 100 * 0.97 / 3.97
+    assert s == pytest.approx({
+        "energy_err_pct": 20.0,
+        "ks": 0.25,
+        "acf_r2": 1031.0 / 1089.0,
+        "nrmse": math.sqrt(0.5) / 3.0,
+        "p95_err_pct": 100.0 * 0.85 / 3.85,
+        "p99_err_pct": 100.0 * 0.97 / 3.97,
+    }, rel=1e-12)
 
 
 # --------------------------------------------------------------------------- summarise_seeds
