@@ -1,4 +1,4 @@
-"""`distgen` command line: fit, validate, generate, bench, sweep, analyze, report."""
+"""`distgen` command line: fit, validate, inspect, generate, bench, sweep, analyze, report."""
 
 from __future__ import annotations
 
@@ -35,9 +35,12 @@ def _table(rows: list[list], header: list[str]) -> str:
 def cmd_fit(args) -> int:
     from distgen.analysis.validation import validate_configuration
     from distgen.ingest import read_runs
+    from distgen.ingest.inspection import format_gap_lines
     from distgen.model.fit import fit_power_model
 
-    runs = read_runs(*args.data)
+    runs = read_runs(*args.data, max_gap_s=args.max_gap_s)
+    if format_gap_lines(runs):
+        print(format_gap_lines(runs))
     by_config = defaultdict(list)
     for run in runs:
         by_config[run.config_id].append(run)
@@ -52,13 +55,13 @@ def cmd_fit(args) -> int:
             model = type(model)(**{**model.__dict__, "scores": scores})
         path = model.save(out)
         ea = model.energy_account
-        rows.append([config_id, len(group), model.states.n_samples, model.k,
-                     model.transitions.ridge_lambda, ea["idle_w"], ea["j_per_iteration"],
-                     ea["j_per_decode_token"], ea["j_per_prefill_token"],
+        rows.append([config_id, len(group), model.provenance["n_samples"], ea["idle_w"],
+                     ea["ceiling_w"], ea["j_per_iteration"], ea["j_per_decode_token"],
+                     1e3 * ea["j_per_context_token"], ea["j_per_prefill_token"],
                      model.scores.get("energy_err_pct"), f"{time.perf_counter() - t0:.1f}s"])
         print(f"wrote {path}", file=sys.stderr)
-    print(_table(rows, ["config", "runs", "samples", "K", "lambda", "idle W", "J/iter",
-                        "J/dec tok", "J/pre tok", "held-out E%", "time"]))
+    print(_table(rows, ["config", "runs", "samples", "idle W", "ceiling W", "J/iter",
+                        "J/dec tok", "mJ/ctx tok", "J/pre tok", "held-out E%", "time"]))
     return 0
 
 
@@ -82,11 +85,15 @@ def format_validation(results: dict) -> str:
 def cmd_validate(args) -> int:
     from distgen.analysis.validation import validate
     from distgen.ingest import read_runs
+    from distgen.ingest.inspection import format_gap_lines
     from distgen.model.artifact import ModelLibrary
 
     library = ModelLibrary.load(args.models)
     collect = [] if args.report else None
-    results = validate(read_runs(*args.data), library, seeds=args.seeds, collect=collect)
+    runs = read_runs(*args.data, max_gap_s=args.max_gap_s)
+    if format_gap_lines(runs):
+        print(format_gap_lines(runs))
+    results = validate(runs, library, seeds=args.seeds, collect=collect)
     print(format_validation(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
@@ -98,6 +105,33 @@ def cmd_validate(args) -> int:
         print(f"wrote {paths['markdown']}, {paths['html']} and {len(paths['figures'])} figures",
               file=sys.stderr)
     return 0
+
+
+# ------------------------------------------------------------------------- inspect
+
+def cmd_inspect(args) -> int:
+    from distgen.ingest.inspection import Unreadable, format_inspections, inspect_paths
+    from distgen.model.artifact import ModelLibrary
+    from distgen.model.envelope import share_outside
+
+    try:
+        library = ModelLibrary.load(args.models)
+    except DistgenError as exc:
+        library = None
+        print(f"distgen: error: {exc} (no model coverage shown)", file=sys.stderr)
+    items = inspect_paths(args.runs, max_gap_s=args.max_gap_s,
+                          models=None if library is None else library.models,
+                          envelope_share=share_outside)
+    print(format_inspections(items, models_known=library is not None))
+    if args.json:
+        doc = {"max_gap_s": args.max_gap_s,
+               "library": None if library is None else {"source": library.source,
+                                                        "version": library.version},
+               "runs": [r.to_dict() for r in items]}
+        Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
+    failed = library is None or any(isinstance(r, Unreadable) for r in items)
+    return 2 if failed else 0
 
 
 # ------------------------------------------------------------------------ generate
@@ -143,6 +177,10 @@ def format_summary(manifest: dict, out: Path) -> str:
     lines.append(f"requests: {w.requests_arrived:,} served or queued, "
                  f"{w.requests_dropped:,} dropped (queue full), "
                  f"mean {w.mean_running_per_deployment:.2f} running per deployment")
+    envelope = ", ".join(f"{c} {100 * cw.outside_envelope_share:.1f} %"
+                         for c, cw in s.by_config.items())
+    lines.append(f"deployment-steps outside the models' operating envelope (extrapolated): "
+                 f"{envelope}")
     lines.append("")
     lines.append(f"wrote {len(manifest['files'])} files and manifest.json to {out}/")
     return "\n".join(lines)
@@ -237,6 +275,21 @@ def cmd_report(args) -> int:
 
 # --------------------------------------------------------------------------- main
 
+def _add_max_gap_argument(parser: argparse.ArgumentParser) -> None:
+    from distgen.ingest.runs import DEFAULT_MAX_GAP_S
+
+    def seconds(text: str) -> float:
+        value = float(text)
+        if not (value > 0 and value < float("inf")):
+            raise ValueError(text)
+        return value
+
+    parser.add_argument("--max-gap-s", type=seconds, default=DEFAULT_MAX_GAP_S, metavar="S",
+                        help="refuse a run with a power-sampling gap longer than S seconds "
+                        f"(default {DEFAULT_MAX_GAP_S:g}); shorter gaps are masked, never "
+                        "interpolated into fitting or scoring")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distgen", description=(
         "Compositional power traces of LLM-inference fleets, from one GPU server to a site."))
@@ -249,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--no-scores", action="store_true",
                    help="skip the held-out scoring stored in each artifact")
+    _add_max_gap_argument(f)
     f.set_defaults(func=cmd_fit)
 
     v = sub.add_parser("validate", help="held-out fidelity against measured runs")
@@ -258,7 +312,17 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--seeds", type=int, default=5)
     v.add_argument("--report", default=None, metavar="DIR",
                    help="also write a report with figures per held-out run into DIR")
+    _add_max_gap_argument(v)
     v.set_defaults(func=cmd_validate)
+
+    ins = sub.add_parser("inspect", help="what distgen reads in measured runs, before fitting")
+    ins.add_argument("runs", nargs="+", metavar="RUN_DIRS",
+                     help="measured run folders (searched recursively)")
+    ins.add_argument("--json", default=None, metavar="FILE", help="also write it as JSON")
+    ins.add_argument("--models", default=None,
+                     help="model library folder for the coverage lines (default: bundled)")
+    _add_max_gap_argument(ins)
+    ins.set_defaults(func=cmd_inspect)
 
     g = sub.add_parser("generate", help="generate site / row / rack power traces")
     g.add_argument("config", help="run configuration (YAML)")

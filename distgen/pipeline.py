@@ -29,7 +29,8 @@ from distgen.config.validate import expand_row_serving, start_hour_of_day, valid
 from distgen.core.grid import INTERVAL_S, steps_of
 from distgen.engine.deployments import (DeploymentBatch, PackedModels, ReplayArrivals,
                                         SyntheticArrivals, gamma_gap_quantiles)
-from distgen.engine.records import S_ARRIVED, S_DECODE_TOKENS, S_PREFILL_TOKENS, S_RUNNING_SUM
+from distgen.engine.records import (S_ARRIVED, S_BUSY_S, S_DECODE_TOKENS, S_OUTSIDE_ENVELOPE,
+                                    S_PREFILL_TOKENS, S_RUNNING_SUM)
 from distgen.engine.reduce import non_gpu_mw, sum_groups
 from distgen.engine.resample import BlockSummer
 from distgen.model.artifact import ModelLibrary
@@ -187,8 +188,10 @@ class ShardGenerator:
             return
         spi = self.steps_per_interval
         k_lo, k_hi = max(step0 - w, 0) // spi, max(step0 + n - w, 0) // spi
+        tr = self.plan.config.traffic
         arrivals = SyntheticArrivals(self.base_rps, self._rate_columns(k_lo, k_hi), k_lo, spi,
-                                     self.gamma_q, w)
+                                     self.gamma_q, w, tr.input_tokens or 0,
+                                     tr.output_tokens or 0, tr.prefix_cache_hit_share)
         self.batch.advance(step0, n, servers, synthetic=arrivals, deployment_mw=deployments,
                            count_from_step=w)
 
@@ -211,18 +214,30 @@ class ShardGenerator:
             rows = sum_groups(racks, self.rack_row)
             yield ShardChunk(out0, servers, racks, rows, deployments)
 
-    def workload(self) -> WorkloadSummary:
-        """The shard's work in the output period (call after iterating)."""
+    def workload(self, deployments: np.ndarray | None = None) -> WorkloadSummary:
+        """The work of the shard's deployments (or of the index array ``deployments``) in the
+        output period (call after iterating). Totals are sums of whole numbers per deployment
+        (tokens, ms), so they are exact for any cut of the fleet."""
         b = self.batch
+        sel = slice(None) if deployments is None else deployments
+        st, sv = b.stats[sel], b.serving_state
+        whole = lambda col, scale=1.0: int(np.rint(st[:, col] * scale).sum())  # noqa: E731
         return WorkloadSummary(
-            deployment_steps=self.fleet.n_deployments * self.plan.n_steps,
-            requests_arrived=int(b.stats[:, S_ARRIVED].sum()),
-            requests_dropped=int(b.serving_state.dropped.sum()),
-            requests_waiting_at_end=int(b.serving_state.wait_n.sum()),
-            running_request_steps=int(np.rint(b.stats[:, S_RUNNING_SUM]).sum()),
-            # whole tokens per deployment, so the totals are exact integer sums for any cut
-            prefill_tokens=int(np.rint(b.stats[:, S_PREFILL_TOKENS]).sum()),
-            decode_tokens=int(np.rint(b.stats[:, S_DECODE_TOKENS]).sum()))
+            deployment_steps=int(st.shape[0]) * self.plan.n_steps,
+            requests_arrived=whole(S_ARRIVED),
+            requests_dropped=int(sv.dropped[sel].sum()),
+            requests_waiting_at_end=int(sv.wait_n[sel].sum()),
+            running_request_steps=whole(S_RUNNING_SUM),
+            prefill_tokens=whole(S_PREFILL_TOKENS),
+            decode_tokens=whole(S_DECODE_TOKENS),
+            busy_ms=whole(S_BUSY_S, 1000.0),
+            outside_envelope_steps=whole(S_OUTSIDE_ENVELOPE))
+
+    def workload_by_config(self) -> dict[str, WorkloadSummary]:
+        """Serving configuration -> :meth:`workload` of its deployments."""
+        model = self.batch.deployments.model
+        return {cid: self.workload(np.flatnonzero(model == i))
+                for i, cid in enumerate(self.batch.models.ids)}
 
 
 def shard_streams(plan: RunPlan, shard: Shard) -> dict[str, tuple[np.ndarray, int]]:
@@ -265,7 +280,7 @@ def run_shard(plan: RunPlan, shard: Shard, library: ModelLibrary, parts_dir,
             shard=shard.index, rack_start=shard.rack_start, rack_stop=shard.rack_stop,
             deployments=gen.fleet.n_deployments, servers=gen.fleet.n_servers,
             workload=gen.workload(), wall_s=time.perf_counter() - t0,
-            inputs_sha256=config_hash(plan.config))
+            inputs_sha256=config_hash(plan.config), by_config=gen.workload_by_config())
         writer.commit(summary.to_dict())
     return summary
 
@@ -282,17 +297,20 @@ class ReplayRequests:
     arrival_s: np.ndarray
     input_tokens: np.ndarray
     output_tokens: np.ndarray
+    cached_tokens: np.ndarray
 
     @classmethod
     def build(cls, plan: RunPlan, library: ModelLibrary) -> "ReplayRequests":
         from distgen.io.trace import read_request_trace
-        from distgen.workload.routing import expand_trace, route_requests
+        from distgen.workload.routing import expand_rows, route_requests
 
         cfg = plan.config
         replay = cfg.traffic.replay
-        arrival, n_in, n_out = read_request_trace(replay.path)
-        arrival, n_in, n_out = expand_trace(arrival, n_in, n_out, replay, cfg.duration_s,
-                                            cfg.seed)
+        trace = read_request_trace(replay.path)
+        arrival, row = expand_rows(trace.arrival_s, replay, cfg.duration_s, cfg.seed)
+        n_in = np.asarray(trace.input_tokens, np.int64)[row]
+        n_out = np.asarray(trace.output_tokens, np.int64)[row]
+        cached = np.asarray(trace.cached_tokens, np.int64)[row]
         t = plan.topology
         fleet = t.fleet()
         service = None
@@ -300,20 +318,21 @@ class ReplayRequests:
             serving = [library[c].serving for c in t.row_serving]
             service = (np.array([s.prefill_s_per_token for s in serving])[fleet.deployment_row],
                        np.array([s.step_base_s for s in serving])[fleet.deployment_row])
-        routes = route_requests(arrival, n_in, n_out, n_deployments=t.n_deployments,
+        routes = route_requests(arrival, n_in - cached, n_out, n_deployments=t.n_deployments,
                                 routing=replay.routing, seed=cfg.seed,
                                 service_s_per_token=service)
-        return cls(routes, arrival, n_in, n_out)
+        return cls(routes, arrival, n_in, n_out, cached)
 
     def for_shard(self, topology: Topology, shard: Shard, step_offset: int = 0) -> ReplayArrivals:
-        """The shard's requests; arrival steps are shifted by ``step_offset`` warm-up steps."""
+        """The shard's requests; arrival times move by ``step_offset`` warm-up steps."""
         from distgen.workload.routing import requests_for_deployments
 
         first = topology.deployments_before_rack(shard.rack_start)
         last = topology.deployments_before_rack(shard.rack_stop)
         csr = requests_for_deployments(self.routes, self.arrival_s, self.input_tokens,
                                        self.output_tokens, np.arange(first, last))
-        step = np.floor(csr.arrival_s / INTERVAL_S).astype(np.int64) + step_offset
-        return ReplayArrivals(csr.offsets.astype(np.int64), step,
+        return ReplayArrivals(csr.offsets.astype(np.int64),
+                              csr.arrival_s + step_offset * INTERVAL_S,
                               csr.input_tokens.astype(np.int32),
+                              self.cached_tokens[csr.request_index].astype(np.int32),
                               csr.output_tokens.astype(np.int32))

@@ -8,7 +8,7 @@ dictionaries.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from distgen.core.grid import ENTITY_LEVELS
 
@@ -32,6 +32,9 @@ class WorkloadSummary:
     prefill_tokens : [tokens] prompt tokens processed (whole tokens per deployment).
     decode_tokens : [tokens] tokens generated (whole tokens per deployment).
     running_request_steps : sum over steps of the running requests (request-steps).
+    busy_ms : [ms] time the GPUs of all deployments were busy (whole ms per deployment).
+    outside_envelope_steps : deployment-steps whose work lies outside the operating envelope
+        of their configuration's model (an extrapolation; see distgen.model.envelope).
     """
 
     deployment_steps: int
@@ -41,6 +44,8 @@ class WorkloadSummary:
     prefill_tokens: int
     decode_tokens: int
     running_request_steps: int
+    busy_ms: int = 0
+    outside_envelope_steps: int = 0
 
     @property
     def mean_running_per_deployment(self) -> float:
@@ -51,9 +56,14 @@ class WorkloadSummary:
         return WorkloadSummary(*(getattr(self, f.name) + getattr(other, f.name)
                                  for f in fields(self)))
 
+    @property
+    def outside_envelope_share(self) -> float:
+        """Share of deployment-steps outside the operating envelope."""
+        return self.outside_envelope_steps / max(self.deployment_steps, 1)
+
     @classmethod
     def zero(cls) -> "WorkloadSummary":
-        return cls(0, 0, 0, 0, 0, 0, 0)
+        return cls(0, 0, 0, 0, 0, 0, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,7 @@ class ShardSummary:
     workload : the shard's :class:`WorkloadSummary`.
     wall_s : [s] wall time of the shard.
     inputs_sha256 : content hash of everything the shard was computed from.
+    by_config : serving configuration -> its deployments' :class:`WorkloadSummary`.
     """
 
     shard: int
@@ -77,13 +88,16 @@ class ShardSummary:
     workload: WorkloadSummary
     wall_s: float
     inputs_sha256: str
+    by_config: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, doc: dict) -> "ShardSummary":
-        return _build(cls, {**doc, "workload": _build(WorkloadSummary, doc["workload"])})
+        by_config = {c: _build(WorkloadSummary, w) for c, w in doc.get("by_config", {}).items()}
+        return _build(cls, {**doc, "workload": _build(WorkloadSummary, doc["workload"]),
+                            "by_config": by_config})
 
 
 @dataclass(frozen=True)
@@ -159,6 +173,15 @@ class RunSummary:
     workload: WorkloadSummary
     shards: tuple[ShardSummary, ...]
 
+    @property
+    def by_config(self) -> dict[str, WorkloadSummary]:
+        """Serving configuration -> the work of its deployments over the whole run."""
+        out: dict[str, WorkloadSummary] = {}
+        for s in self.shards:
+            for c, w in s.by_config.items():
+                out[c] = out.get(c, WorkloadSummary.zero()) + w
+        return dict(sorted(out.items()))
+
     def site_at(self, resolution_s: float) -> SiteStats:
         for s in self.site:
             if s.resolution_s == resolution_s:
@@ -175,6 +198,8 @@ class RunSummary:
                 "workload": {**asdict(self.workload),
                              "mean_running_per_deployment":
                                  self.workload.mean_running_per_deployment},
+                "outside_envelope_share": {c: w.outside_envelope_share
+                                           for c, w in self.by_config.items()},
                 "shards": [s.to_dict() for s in self.shards]}
 
     @classmethod

@@ -470,8 +470,10 @@ def test_site_csv_subsecond_intervals(tmp_path):
 def test_azure_trace():
     assert file_digest(AZURE) == AZURE_SHA256  # byte-exact copy, CRLF kept
     assert b"\r\n" in AZURE.read_bytes()[:200]
-    arrival, inp, out = read_request_trace(AZURE)
+    trace = read_request_trace(AZURE)
+    arrival, inp, out = trace.arrival_s, trace.input_tokens, trace.output_tokens
     assert arrival.size == inp.size == out.size == 1074
+    np.testing.assert_array_equal(trace.cached_tokens, np.zeros(1074, np.int64))  # no column
     assert arrival.dtype == np.float64 and inp.dtype == np.int64 and out.dtype == np.int64
     assert arrival[0] == 0.0 and np.all(np.diff(arrival) >= 0)
     assert arrival[1] == pytest.approx(0.052, abs=1e-9)  # 18:17:04.0319600 - 18:17:03.9799600
@@ -490,7 +492,8 @@ def _csv(tmp_path, text: str, name="t.csv") -> Path:
 def test_plain_trace_seconds_unsorted(tmp_path):
     p = _csv(tmp_path, "Arrival_Time_S,Prompt_Tokens,Completion_Tokens\n"
                        "5.5,10,1\n2.0,20,2\n\n3.25,30,3\n")
-    arrival, inp, out = read_request_trace(p)
+    trace = read_request_trace(p)
+    arrival, inp, out = trace.arrival_s, trace.input_tokens, trace.output_tokens
     np.testing.assert_array_equal(arrival, [0.0, 1.25, 3.5])
     np.testing.assert_array_equal(inp, [20, 30, 10])
     np.testing.assert_array_equal(out, [2, 3, 1])
@@ -499,13 +502,32 @@ def test_plain_trace_seconds_unsorted(tmp_path):
 def test_plain_trace_iso_and_lens(tmp_path):
     p = _csv(tmp_path, "timestamp,input_lens,output_lens,extra\n"
                        "2024-01-01T00:00:01.5,100,5,x\n2024-01-01T00:00:00,200,6,y\n")
-    arrival, inp, out = read_request_trace(p)
+    trace = read_request_trace(p)
+    arrival, inp = trace.arrival_s, trace.input_tokens
     np.testing.assert_array_equal(arrival, [0.0, 1.5])
     np.testing.assert_array_equal(inp, [200, 100])
     p = _csv(tmp_path, "timestamp,input_tokens,output_tokens\n"
                        "2024-01-01T00:00:00Z,1,1\n2024-01-01T01:00:00+01:00,1,1\n", "z.csv")
-    arrival, _, _ = read_request_trace(p)  # same instant in two zones
+    arrival = read_request_trace(p).arrival_s  # same instant in two zones
     np.testing.assert_array_equal(arrival, [0.0, 0.0])
+
+
+def test_trace_cached_tokens_column(tmp_path):
+    """An optional cached-tokens column is read and sorted with its requests."""
+    p = _csv(tmp_path, "arrival_s,prompt_tokens,output_tokens,Cached_Prompt_Tokens\n"
+                       "3.0,300,3,256\n1.0,100,1,0\n2.0,200,2,192\n")
+    trace = read_request_trace(p)
+    np.testing.assert_array_equal(trace.arrival_s, [0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(trace.input_tokens, [100, 200, 300])
+    np.testing.assert_array_equal(trace.cached_tokens, [0, 192, 256])
+    assert trace.cached_tokens.dtype == np.int64 and len(trace) == 3
+    # more cached than prompt tokens (file line 3) is a named error
+    p = _csv(tmp_path, "arrival_s,prompt_tokens,output_tokens,cached_tokens\n"
+                       "1.0,100,1,0\n2.0,200,2,201\n", "bad.csv")
+    with pytest.raises(InputError) as err:
+        read_request_trace(p)
+    assert err.value.line == 3 and err.value.column == "cached_tokens"
+    assert "201 cached tokens is more than the prompt's 200" in str(err.value)
 
 
 @pytest.mark.parametrize("text, line, column, fragment", [

@@ -268,11 +268,10 @@ def test_summary_counts_requests_of_the_output_period(tmp_path, library):
     steady-state property, so it does not depend on the warm-up length either (10%: its
     run-to-run noise over 96 deployments x 1200 steps is ~1%).
 
-    BUG (distgen/pipeline.py, ShardGenerator.summary and the warm-up loop in __iter__): the
-    kernel statistics also accumulate during the warm-up chunks, so `requests_arrived`,
-    `prefill_tokens` and `decode_tokens` include warm-up traffic, and
-    `mean_running_per_deployment` divides the warm-up + output running sum by the output steps
-    only (x2 here with warmup_s = duration_s)."""
+    Regression: warm-up requests and running request-steps are not counted (counting them
+    would double `requests_arrived` and `mean_running_per_deployment` here, with warmup_s =
+    duration_s). This test does not look at tokens; the exact output-period accounting,
+    tokens included, is test_run_summary.py::test_warm_up_work_is_simulated_but_not_counted."""
     m0 = run(config(*STEADY, "warmup_s=0"), tmp_path / "a", library=library)
     m1 = run(config(*STEADY, "warmup_s=300"), tmp_path / "b", library=library)
     w0, w1 = m0["summary"]["workload"], m1["summary"]["workload"]
@@ -297,8 +296,9 @@ def test_replay_heterogeneous_rows(tmp_path, library, routing):
               "output.racks_resolution_s=null", "output.site_resolutions_s=[1,60]"]
     cfg = config(*replay)
     a = run(cfg, tmp_path / "a", library=library)
-    t, n_in, n_out = read_request_trace(TRACE)
-    expected = expand_trace(t, n_in, n_out, cfg.traffic.replay, cfg.duration_s, cfg.seed)[0].size
+    trace = read_request_trace(TRACE)
+    expected = expand_trace(trace.arrival_s, trace.input_tokens, trace.output_tokens,
+                            cfg.traffic.replay, cfg.duration_s, cfg.seed)[0].size
     assert expected > 300                                  # the trace has ~1.9 req/s
     assert a["summary"]["workload"]["requests_arrived"] == expected
     assert a["summary"]["workload"]["requests_dropped"] == 0

@@ -25,6 +25,7 @@ from distgen.analysis import metrics
 from distgen.engine.deployments import replay_power
 from distgen.ingest.trace import RunTrace
 from distgen.model.artifact import ModelLibrary, PowerModel
+from distgen.model.envelope import share_outside
 from distgen.model.fit import fit_power_model, phase_lut_series
 from distgen.model.serving_fit import run_workload
 
@@ -75,16 +76,19 @@ def score_windows(measured: list[np.ndarray], generated: list[np.ndarray]) -> di
 
 
 def regenerate(model: PowerModel, run: RunTrace, seed: int) -> np.ndarray:
-    """Generated power [W] for a whole measured run, from its request log only."""
+    """Generated power [W] for a whole measured run, from its request log only (arrival
+    times, prompt, cached and output tokens), on the model's fitted clock offset."""
     req = run.requests
-    return replay_power(model, req.arrival_s - run.start_s, req.input_tokens, req.output_tokens,
-                        run.n_steps, seed)
+    return replay_power(model, req.arrival_s - run.start_s + model.arrival_offset_s,
+                        req.input_tokens, req.output_tokens, run.n_steps, seed,
+                        cached_tokens=getattr(req, "cached_tokens", None))
 
 
 def _baseline_series(model: PowerModel, run: RunTrace) -> dict[str, np.ndarray]:
     n = run.n_steps
+    work = run_workload(run, model.serving, model.arrival_offset_s)
     return {"tdp": np.full(n, model.tdp_w), "mean": np.full(n, model.baselines["mean_w"]),
-            "lut": phase_lut_series(model.baselines["lut_w"], run_workload(run, model.serving))}
+            "lut": phase_lut_series(model.baselines["lut_w"], work)}
 
 
 def _clean(d: dict) -> dict:
@@ -102,20 +106,23 @@ def validate_configuration(runs: list[RunTrace], model: PowerModel | None, *,
     measured, per_seed = [], [[] for _ in range(seeds)]
     base = defaultdict(list)
     halves = []
-    run_ids = []
+    run_ids, outside = [], {}
     for fold in folds:
         fold_model = fit_power_model(fold.train, seed=fit_seed) if fold.train else model
         for run, a, b in fold.test:
-            y = run.power_w[a:b]
+            # steps inside sampling gaps are missing data: left out of measured and generated
+            valid = np.asarray(getattr(run, "valid", np.ones(run.n_steps, bool)), bool)[a:b]
+            y = run.power_w[a:b][valid]
             measured.append(y)
             run_ids.append(run.run_id)
+            outside[run.run_id] = share_outside(fold_model, run)
             for s in range(seeds):
-                per_seed[s].append(regenerate(fold_model, run, s)[a:b])
+                per_seed[s].append(regenerate(fold_model, run, s)[a:b][valid])
             if collect is not None:
                 collect.append((run.config_id, run.run_id, y, per_seed[0][-1], run.interval_s))
             for name, series in _baseline_series(fold_model, run).items():
-                base[name].append(series[a:b])
-            h = (b - a) // 2
+                base[name].append(series[a:b][valid])
+            h = y.size // 2
             if h > MAX_LAG + 2:
                 halves.append(metrics.acf_r2(y[:h], y[h:2 * h], MAX_LAG))
     ours = metrics.summarise_seeds([score_windows(measured, g) for g in per_seed])
@@ -128,7 +135,8 @@ def validate_configuration(runs: list[RunTrace], model: PowerModel | None, *,
                   "energy_err_pct_per_run": {
                       rid: float(np.median([metrics.energy_error_pct(measured[i], g[i])
                                             for g in per_seed]))
-                      for i, rid in enumerate(run_ids)}}}
+                      for i, rid in enumerate(run_ids)},
+                  "outside_envelope_share_per_run": outside}}
     return result
 
 

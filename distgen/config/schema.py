@@ -123,7 +123,9 @@ class TrafficConfig:
     deployment's arrivals are a renewal process (``poisson``, or ``gamma`` with shape
     ``burstiness``: < 1 bursty, > 1 smooth, as in vLLM's benchmark client) in operational time of
     its modulated rate. Token lengths come from the serving configuration's fitted
-    distributions; in ``replay`` mode, from the trace.
+    distributions unless ``input_tokens`` / ``output_tokens`` fix them for every request; in
+    ``replay`` mode they come from the trace. ``prefix_cache_hit_share`` of every synthetic
+    prompt is served from the prefix cache (no prefill compute; it still counts as context).
     """
 
     mode: str = "synthetic"
@@ -133,6 +135,9 @@ class TrafficConfig:
     diurnal: DiurnalConfig = field(default_factory=DiurnalConfig)
     modulation: ModulationConfig = field(default_factory=ModulationConfig)
     bursts: BurstConfig = field(default_factory=BurstConfig)
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    prefix_cache_hit_share: float = 0.0
     replay: ReplayConfig = field(default_factory=ReplayConfig)
 
 

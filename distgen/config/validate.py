@@ -253,6 +253,14 @@ def _validate_traffic(cfg: RunConfig) -> None:
     _at_least("traffic.site_rate_rps", tr.site_rate_rps, 0.0)
     _choice("traffic.arrivals", tr.arrivals, ARRIVAL_KINDS)
     _positive("traffic.burstiness", tr.burstiness)
+    for key in ("input_tokens", "output_tokens"):
+        value = getattr(tr, key)
+        if value is not None:
+            _int(f"traffic.{key}", value, minimum=1)
+    share = _num("traffic.prefix_cache_hit_share", tr.prefix_cache_hit_share)
+    if not 0.0 <= share < 1.0:
+        raise ConfigError("traffic.prefix_cache_hit_share",
+                          f"must be in [0, 1), got {tr.prefix_cache_hit_share!r}")
 
     d = tr.diurnal
     peak = _num("traffic.diurnal.peak_hour", d.peak_hour)

@@ -36,10 +36,17 @@ def fingerprint(paths) -> str:
 
 def cached_njit(*modules: str):
     """``numba.njit(cache=True)`` keyed by the source of the decorated function's module and of
-    ``modules`` (dotted names of modules whose functions it inlines)."""
+    ``modules`` (dotted names of modules whose functions it inlines).
+
+    Kernels compile without Numba's reference-counting runtime (``_nrt=False``): they allocate
+    nothing, and with the runtime every array of a record passed to an inlined step function
+    is reference-counted on every call (two atomic operations per array per step: 100 ns of a
+    serving step's 105 ns).
+    """
 
     def decorate(fn):
-        files = [sys.modules[fn.__module__].__file__] + [sys.modules[m].__file__ for m in modules]
+        files = ([__file__, sys.modules[fn.__module__].__file__]
+                 + [sys.modules[m].__file__ for m in modules])
         cache_dir = _cache_root() / fingerprint(files)
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
@@ -47,11 +54,11 @@ def cached_njit(*modules: str):
             probe.touch()
             probe.unlink()
         except OSError:
-            return numba.njit(fn)
+            return numba.njit(_nrt=False)(fn)
         previous = numba_config.CACHE_DIR
         numba_config.CACHE_DIR = str(cache_dir)  # read when the dispatcher sets up its cache
         try:
-            return numba.njit(cache=True)(fn)
+            return numba.njit(cache=True, _nrt=False)(fn)
         finally:
             numba_config.CACHE_DIR = previous
 

@@ -41,6 +41,8 @@ its tails it agrees to a few ulp (NumPy's SIMD ``log`` may differ from libm in t
 
 from __future__ import annotations
 
+import math
+
 import numba as nb
 import numpy as np
 
@@ -148,6 +150,31 @@ NORMAL_TABLE_EDGE = 64
 NORMAL_TABLE = _normal_table()
 
 
+# natural log from frexp and arithmetic: the same bits on every machine (CPU, GPU), unlike a
+# math library's log; log(m 2^e) = e ln2 + 2 atanh(s), s = (m - 1) / (m + 1), m in [1/sqrt2, sqrt2)
+_LN2_HI = 6.93147180369123816490e-01   # ln 2 split so that e * _LN2_HI is exact
+_LN2_LO = 1.90821492927058770002e-10
+_SQRT_HALF = 0.70710678118654752440
+#: 1 / (2k + 1), k = 1..11: the atanh series; |s| <= 0.1716, so the first term left out is
+#: below 2e-17 relative
+_ATANH = tuple(1.0 / (2 * k + 1) for k in range(1, 12))
+
+
+def portable_log(x):
+    """Natural logarithm of positive finite ``x`` (vectorised), within 2 ulp of libm and the
+    same bits on any IEEE-754 machine (frexp, +, *, / only; no fused multiply-add)."""
+    m, e = np.frexp(np.asarray(x, np.float64))
+    small = m < _SQRT_HALF
+    m = np.where(small, m * 2.0, m)
+    e = np.where(small, e - 1, e).astype(np.float64)
+    s = (m - 1.0) / (m + 1.0)
+    z = s * s
+    poly = _ATANH[-1]
+    for c in _ATANH[-2::-1]:
+        poly = poly * z + c
+    return e * _LN2_HI + (e * _LN2_LO + (s + s * (z * poly)) * 2.0)
+
+
 def inverse_normal_cdf(u):
     """Acklam's approximation of the standard normal quantile function, for u in (0, 1)."""
     u = np.asarray(u, np.float64)
@@ -156,7 +183,7 @@ def inverse_normal_cdf(u):
     r = q * q
     central = ((((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q
                / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0))
-    t = np.sqrt(-2.0 * np.log(np.minimum(u, 1.0 - u)))
+    t = np.sqrt(-2.0 * portable_log(np.minimum(u, 1.0 - u)))
     tail = ((((((c[0] * t + c[1]) * t + c[2]) * t + c[3]) * t + c[4]) * t + c[5])
             / ((((d[0] * t + d[1]) * t + d[2]) * t + d[3]) * t + 1.0))
     return np.where(u < _P_LOW, tail, np.where(u > _P_HIGH, -tail, central))
@@ -213,6 +240,22 @@ def uniform01_nb(key, counter):
 
 
 @nb.njit(inline="always")
+def portable_log_nb(x):
+    """Scalar :func:`portable_log` (numba), the same operations in the same order."""
+    m, e = math.frexp(x)
+    if m < _SQRT_HALF:
+        m *= 2.0
+        e -= 1
+    ef = float(e)
+    s = (m - 1.0) / (m + 1.0)
+    z = s * s
+    poly = _ATANH[10]
+    for i in range(9, -1, -1):
+        poly = poly * z + _ATANH[i]
+    return ef * _LN2_HI + (ef * _LN2_LO + (s + s * (z * poly)) * 2.0)
+
+
+@nb.njit(inline="always")
 def inverse_normal_cdf_nb(u):
     """Scalar :func:`inverse_normal_cdf` (numba), same operation order as the NumPy version."""
     if _P_LOW <= u <= _P_HIGH:
@@ -220,7 +263,7 @@ def inverse_normal_cdf_nb(u):
         r = q * q
         return ((((((_A[0] * r + _A[1]) * r + _A[2]) * r + _A[3]) * r + _A[4]) * r + _A[5]) * q
                 / (((((_B[0] * r + _B[1]) * r + _B[2]) * r + _B[3]) * r + _B[4]) * r + 1.0))
-    t = np.sqrt(-2.0 * np.log(min(u, 1.0 - u)))
+    t = math.sqrt(-2.0 * portable_log_nb(min(u, 1.0 - u)))
     tail = ((((((_C[0] * t + _C[1]) * t + _C[2]) * t + _C[3]) * t + _C[4]) * t + _C[5])
             / ((((_D[0] * t + _D[1]) * t + _D[2]) * t + _D[3]) * t + 1.0))
     return tail if u < _P_LOW else -tail

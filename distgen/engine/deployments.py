@@ -14,14 +14,15 @@ from distgen.engine.records import (MODE_REPLAY, MODE_SYNTHETIC, N_STATS, Carrie
                                     Deployments, ModelTables, Outputs, ReplayInputs,
                                     SyntheticInputs)
 from distgen.model.artifact import PowerModel
-from distgen.workload.serving import N_FEATURES, ServingState
+from distgen.model.power import BUSY_EDGES, PREFILL_EDGES
+from distgen.workload.serving import ServingState
 
 GAMMA_TABLE_SIZE = 4097
-#: Latent normal grid of the state power tables (the kernel interpolates linearly on it).
+#: Latent normal grid of the state residual tables (the kernel interpolates linearly on it).
 Z_MIN, Z_STEP = -4.5, 0.05
 Z_GRID = Z_MIN + Z_STEP * np.arange(181)
 TOKEN_TABLE_SIZE = 1025
-DEFAULT_QUEUE_CAPACITY = 4096
+DEFAULT_QUEUE_CAPACITY = 2048
 
 
 @dataclass(frozen=True)
@@ -34,49 +35,49 @@ class PackedModels:
 
     @classmethod
     def pack(cls, models: list[PowerModel]) -> "PackedModels":
-        grids = {m.transitions.grid for m in models}
-        if len(grids) != 1:
-            raise ValueError("models to run together must share one feature grid")
-        grid = grids.pop()
-        n_m = len(models)
-        k = max(m.k for m in models)
-        table = np.ones((n_m, k, grid.n_cells, k))
-        power_of_z = np.zeros((n_m, k, Z_GRID.size))
-        phi = np.zeros((n_m, k))
-        tok_in = np.ones((n_m, TOKEN_TABLE_SIZE))
-        tok_out = np.ones((n_m, TOKEN_TABLE_SIZE))
-        for i, m in enumerate(models):
-            km = m.k
-            table[i, :km, :, :km] = _stay_first_cumulative(m.transition_table)
-            power_of_z[i, :km] = _power_of_z(m.state_quantiles_w)
-            phi[i, :km] = m.ar1_phi
-            tok_in[i] = _fine_quantiles(m.tokens.input_tokens)
-            tok_out[i] = _fine_quantiles(m.tokens.output_tokens)
-        seq_capacity = int(max(m.serving.max_num_seqs for m in models))
+        residual = np.stack([_residual_of_z(m.spread.quantiles_w) + m.spread.offset_w[:, None]
+                             for m in models])
+        phi = np.stack([m.spread.phi for m in models])
         tables = ModelTables(
-            table_cum=table, n_states=np.array([m.k for m in models], np.int32),
-            power_of_z=power_of_z, z_min=Z_MIN, z_inv_step=1.0 / Z_STEP,
+            serving=np.stack([np.array(m.serving.rates(), np.float64) for m in models]),
+            idle_w=np.array([m.power.idle_w for m in models], np.float64),
+            d_w=np.array([m.power.d_w for m in models], np.float64),
+            sensor=np.array([m.power.sensor for m in models], np.float64),
+            busy_edges=np.asarray(BUSY_EDGES, np.float64),
+            prefill_edges=np.asarray(PREFILL_EDGES, np.float64),
+            residual_of_z=residual, z_min=Z_MIN, z_inv_step=1.0 / Z_STEP,
             phi=phi, innovation=np.sqrt(1.0 - phi ** 2),
             clamp_w=np.array([m.clamp_w for m in models], np.float64),
-            serving=np.stack([m.serving.as_array() for m in models]),
-            iterations_per_s=np.stack([m.serving.iterations_per_s(seq_capacity)
-                                       for m in models]),
-            tok_in=tok_in, tok_out=tok_out,
-            running_bin=np.searchsorted(np.asarray(grid.running_thresholds),
-                                        np.arange(seq_capacity + 2), "right").astype(np.int64),
-            prefill_th=np.asarray(grid.prefill_thresholds_tokens, np.float64),
-            n_prefill_bins=grid.n_prefill_bins)
+            tok_in=np.stack([_fine_quantiles(m.tokens.input_tokens) for m in models]),
+            tok_out=np.stack([_fine_quantiles(m.tokens.output_tokens) for m in models]),
+            envelope_max=np.stack([m.envelope.as_array() for m in models]))
         return cls(ids=tuple(m.config_id for m in models), tables=tables)
 
     def seq_capacity(self) -> int:
-        return int(self.tables.serving[:, 4].max())
+        return int(self.tables.serving[:, 6].max())
 
 
-def _power_of_z(quantiles_w: np.ndarray) -> np.ndarray:
-    """(K, Z) power [W] = Q_s(Phi(z)) on Z_GRID, from (K, n) quantiles at linspace(0, 1, n)."""
+def _residual_of_z(quantiles_w: np.ndarray) -> np.ndarray:
+    """(S, Z) residual [W] = R_s(Phi(z)) on Z_GRID, from (S, n) quantiles at linspace(0, 1, n),
+    each row shifted so that the kernel's residual (linear interpolation on the grid, z a
+    standard normal clipped to the grid) has mean exactly zero: the spread never moves the
+    energy, whatever the shape of the quantile table."""
     p = np.linspace(0.0, 1.0, quantiles_w.shape[1])
-    u = ndtr(Z_GRID)
-    return np.stack([np.interp(u, p, q) for q in quantiles_w])
+    table = np.stack([np.interp(ndtr(Z_GRID), p, q) for q in quantiles_w])
+    return table - (table @ _grid_weights())[:, None]
+
+
+def _grid_weights() -> np.ndarray:
+    """Weights w with E[r(z)] = sum_i w_i r_i for r linear between the grid nodes and z
+    standard normal clipped to the grid (fine quadrature; the weights sum to 1)."""
+    z = np.linspace(Z_GRID[0] - 4.0, Z_GRID[-1] + 4.0, 200001)
+    density = np.exp(-0.5 * z * z)
+    density /= density.sum()
+    pos = np.clip((z - Z_MIN) / Z_STEP, 0.0, Z_GRID.size - 1.000001)
+    i = pos.astype(np.int64)
+    frac = pos - i
+    w = np.bincount(i, density * (1.0 - frac), Z_GRID.size)
+    return w + np.bincount(i + 1, density * frac, Z_GRID.size)
 
 
 def _fine_quantiles(quantiles: np.ndarray) -> np.ndarray:
@@ -85,20 +86,6 @@ def _fine_quantiles(quantiles: np.ndarray) -> np.ndarray:
     q = np.log(np.maximum(np.asarray(quantiles, np.float64), 1.0))
     p = np.linspace(0.0, 1.0, q.size)
     return np.exp(np.interp(np.linspace(0.0, 1.0, TOKEN_TABLE_SIZE), p, q))
-
-
-def _stay_first_cumulative(table: np.ndarray) -> np.ndarray:
-    """Cumulative rows in the order [from-state, then the others ascending].
-
-    Most steps keep their state, so the kernel's scan usually stops at the first comparison.
-    """
-    k = table.shape[0]
-    out = np.empty_like(table)
-    for s in range(k):
-        order = [s] + [t for t in range(k) if t != s]
-        out[s] = np.cumsum(table[s][:, order], axis=1)
-    out[..., -1] = 1.0  # guard against rounding: a uniform < 1 always lands
-    return out
 
 
 def gamma_gap_quantiles(burstiness: float) -> np.ndarray:
@@ -117,8 +104,9 @@ class SyntheticArrivals:
     ``rate_mult`` (D, n_intervals) multiplies ``base_rps`` (D,) [req/s]; column ``i`` is
     modulation interval ``rate_k0 + i`` of ``steps_per_interval`` steps each. Kernel step k uses
     interval ``max(k - step_offset, 0) // steps_per_interval`` (steps before ``step_offset`` are
-    warm-up and use interval 0); the columns must cover every interval from that of ``step0`` to
-    that of ``step0 + n_steps`` (one step of lookahead).
+    warm-up and use interval 0); the columns must cover every interval of the chunk's steps.
+    ``input_tokens`` / ``output_tokens`` fix every request's lengths (0: the model's fitted
+    distribution); ``cached_share`` of each prompt is served from the prefix cache.
     """
 
     base_rps: np.ndarray
@@ -127,28 +115,37 @@ class SyntheticArrivals:
     steps_per_interval: int
     gamma_q: np.ndarray
     step_offset: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_share: float = 0.0
 
 
 @dataclass(frozen=True)
 class ReplayArrivals:
-    """Requests per deployment as CSR: ``offsets`` (D+1,), arrival step, input/output tokens."""
+    """Requests per deployment as CSR: ``offsets`` (D+1,), arrival time [s, kernel clock],
+    prompt, cached and output tokens."""
 
     offsets: np.ndarray
-    step: np.ndarray
+    arrival_s: np.ndarray
     input_tokens: np.ndarray
+    cached_tokens: np.ndarray
     output_tokens: np.ndarray
 
     @classmethod
-    def single(cls, arrival_s, input_tokens, output_tokens, interval_s: float) -> "ReplayArrivals":
+    def single(cls, arrival_s, input_tokens, output_tokens,
+               cached_tokens=None) -> "ReplayArrivals":
+        arrival_s = np.asarray(arrival_s, np.float64)
         order = np.argsort(arrival_s, kind="stable")
-        step = np.maximum(np.floor(np.asarray(arrival_s)[order] / interval_s), 0).astype(np.int64)
-        return cls(np.array([0, step.size], np.int64), step,
-                   np.asarray(input_tokens, np.int32)[order],
+        cached = (np.zeros(arrival_s.size, np.int32) if cached_tokens is None
+                  else np.asarray(cached_tokens, np.int32)[order])
+        return cls(np.array([0, arrival_s.size], np.int64), arrival_s[order],
+                   np.asarray(input_tokens, np.int32)[order], cached,
                    np.asarray(output_tokens, np.int32)[order])
 
 
 class DeploymentBatch:
-    """Deployments advanced together; carries serving queues, chain state and power.
+    """Deployments advanced together; carries serving queues, power state and the sensor's
+    memory of the last steps.
 
     Parameters
     ----------
@@ -172,16 +169,16 @@ class DeploymentBatch:
             target=np.asarray(target_index, np.int64))
         self.state = CarriedState(
             serving=ServingState.empty(n, models.seq_capacity(), queue_capacity),
-            chain_state=np.zeros(n, np.int64), latent_z=np.zeros(n), running_prev=np.zeros(n),
-            pending=np.zeros((n, N_FEATURES)), have_pending=np.zeros(n, np.bool_),
-            op_time=np.zeros(n), next_arrival=np.zeros(n), n_arrived=np.zeros(n, np.int64),
+            state=np.full(n, -1, np.int64), latent_z=np.zeros(n),
+            shares_prev=np.zeros((n, 2, 4)), op_time=np.zeros(n),
+            next_arrival=np.full(n, -1.0), n_arrived=np.zeros(n, np.int64),
             replay_ptr=np.zeros(n, np.int64))
         self.stats = np.zeros((n, N_STATS))
         self._replay_started = False
         self._no_synthetic = SyntheticInputs(np.zeros(n), np.zeros((1, 1), np.float32), 0, 1, 0,
-                                             np.zeros(0))
+                                             np.zeros(0), 0, 0, 0.0)
         empty_i32 = np.zeros(1, np.int32)
-        self._no_replay = ReplayInputs(np.zeros(n + 1, np.int64), np.zeros(1, np.int64),
+        self._no_replay = ReplayInputs(np.zeros(n + 1, np.int64), np.zeros(1), empty_i32,
                                        empty_i32, empty_i32)
 
     @property
@@ -211,14 +208,16 @@ class DeploymentBatch:
                                   np.asarray(synthetic.rate_mult, np.float32),
                                   int(synthetic.rate_k0), int(synthetic.steps_per_interval),
                                   int(synthetic.step_offset),
-                                  np.asarray(synthetic.gamma_q, np.float64))
+                                  np.asarray(synthetic.gamma_q, np.float64),
+                                  int(synthetic.input_tokens), int(synthetic.output_tokens),
+                                  float(synthetic.cached_share))
         else:
             if not self._replay_started:  # each deployment reads its own CSR row
                 self.state.replay_ptr[:] = replay.offsets[:-1]
                 self._replay_started = True
             mode = MODE_REPLAY
-            rep = ReplayInputs(replay.offsets, replay.step, replay.input_tokens,
-                               replay.output_tokens)
+            rep = ReplayInputs(replay.offsets, np.asarray(replay.arrival_s, np.float64),
+                               replay.input_tokens, replay.cached_tokens, replay.output_tokens)
         if deployment_mw is None:
             deployment_mw = np.zeros((0, 0), np.int32)
         fleet_kernel(Chunk(int(step0), int(n_steps), self.interval_s, mode, int(count_from_step)),
@@ -227,7 +226,7 @@ class DeploymentBatch:
 
 
 def replay_power(model: PowerModel, arrival_s, input_tokens, output_tokens, n_steps: int,
-                 seed: int, deployment_uid: int = 0) -> np.ndarray:
+                 seed: int, deployment_uid: int = 0, cached_tokens=None) -> np.ndarray:
     """Generated power [W] of one deployment serving a given request stream.
 
     ``arrival_s`` [s] is relative to the start of the first step. This is the path validation
@@ -239,5 +238,5 @@ def replay_power(model: PowerModel, arrival_s, input_tokens, output_tokens, n_st
     out = np.zeros((1, n_steps), np.int64)
     batch.advance(0, n_steps, out,
                   replay=ReplayArrivals.single(arrival_s, input_tokens, output_tokens,
-                                               model.interval_s))
+                                               cached_tokens))
     return out[0] / 1000.0

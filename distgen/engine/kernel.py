@@ -1,17 +1,19 @@
-"""The compiled fleet kernel: workload -> serving -> state chain -> AR(1) power, per deployment.
+"""The compiled fleet kernel: arrivals -> serving model -> level -> state spread, per deployment.
 
-One pass over (deployment, step) does everything a deployment needs in a 0.25 s step, so the
-cost per deployment-step is a few dozen arithmetic operations and two counter-based random
-numbers. Deployments are independent given their inputs, which is what lets the fleet be cut
-anywhere and the same loop be mapped to one GPU thread per deployment.
+One pass over (deployment, step) does everything a deployment needs in a 0.25 s step: the
+requests arriving in the step (booked at their time inside it), the serving model's work
+(distgen.workload.serving), the expected power of that work (distgen.model.power: idle plus each
+activity's power times its share of the step, through the sensor kernel), and the spread around
+it (the state's residual quantiles through a latent AR(1) normal). Deployments are independent
+given their inputs, which is what lets the fleet be cut anywhere and the same loop run as one
+GPU thread per deployment.
 
-Random numbers are keyed by the deployment's stable key and the global step (state draw:
-counter ``4 k``, power noise: ``4 k + 1``); a request's draws by its deployment's request key and
-the arrival's index (gap before arrival j: ``3 j``, its input / output tokens: ``3 j + 1``,
-``3 j + 2``). Nothing depends on chunk length or on which other deployments share the call.
-
-The lookahead: the transition at step k sees prefill tokens of steps k and k+1, so the serving
-model runs one step ahead and carries the pending step's workload between chunks.
+Random numbers are keyed by the deployment's stable key and the global step (the latent
+innovation: counter ``k``); a request's draws by its deployment's request key and the arrival's
+index (gap before arrival j: ``3 j``, its input / output tokens: ``3 j + 1``, ``3 j + 2``).
+Nothing depends on chunk length or on which other deployments share the call. No fused
+multiply-add and no math-library transcendental is used (``portable_log_nb``), so a GPU build
+of the same loop gives the same bits.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ import numba as nb
 import numpy as np
 
 from distgen.core.jit import cached_njit
-from distgen.core.rng import normal_nb, uniform01_nb
-from distgen.engine.records import (MODE_SYNTHETIC, S_ARRIVED, S_DECODE_TOKENS,
-                                    S_PREFILL_TOKENS, S_RUNNING_SUM)
-from distgen.workload.serving import enqueue, serve_step
+from distgen.core.rng import normal_nb, portable_log_nb, uniform01_nb
+from distgen.engine.records import (ENV_CONTEXT_PER_SEQ, ENV_DECODE_BATCH, ENV_PREFILL_TOKENS,
+                                    ENV_RUNNING, MODE_SYNTHETIC, S_ARRIVED, S_BUSY_S,
+                                    S_DECODE_TOKENS, S_OUTSIDE_ENVELOPE, S_PREFILL_TOKENS,
+                                    S_RUNNING_SUM)
+from distgen.workload.serving import (ServingRates, enqueue, load_scalars, serve_step,
+                                      store_scalars)
 
 
 @nb.njit(inline="always")
@@ -40,38 +45,24 @@ def _gap(gamma_q, u):
     """Inter-arrival gap in operational time (mean 1): exponential, or gamma via its quantiles."""
     n = gamma_q.shape[0]
     if n == 0:
-        return -np.log(u)
+        return -portable_log_nb(u)
     pos = u * (n - 1)
     i = min(int(pos), n - 2)
     return gamma_q[i] + (pos - i) * (gamma_q[i + 1] - gamma_q[i])
 
 
 @nb.njit(inline="always")
-def _cell(running, prefill_window, delta, running_bin, prefill_th, n_prefill_bins):
-    r = running_bin[min(int(running), running_bin.shape[0] - 1)]
-    p = 0
-    while p < prefill_th.shape[0] and prefill_window >= prefill_th[p]:
-        p += 1
-    d = 1
-    if delta > 0:
-        d = 2
-    elif delta < 0:
-        d = 0
-    return (r * n_prefill_bins + p) * 3 + d
+def _bin(edges, x):
+    b = 0
+    while b < edges.shape[0] and x >= edges[b]:
+        b += 1
+    return b
 
 
 @nb.njit(inline="always")
-def _next_state(table_cum, m, s, cell, k_states, u):
-    """Sample the next state from a stay-first cumulative row (see PackedModels.pack).
-
-    Reads scalars rather than taking a row view: a view per step costs an allocation.
-    """
-    if u <= table_cum[m, s, cell, 0]:
-        return s
-    i = 1
-    while i < k_states - 1 and u > table_cum[m, s, cell, i]:
-        i += 1
-    return i - 1 if i - 1 < s else i
+def _rates(models, m):
+    s = models.serving
+    return ServingRates(s[m, 0], s[m, 1], s[m, 2], s[m, 3], s[m, 4], s[m, 5], int(s[m, 6]))
 
 
 @cached_njit("distgen.workload.serving", "distgen.core.rng", "distgen.engine.records")
@@ -90,144 +81,145 @@ def fleet_kernel(chunk, deps, models, syn, rep, state, out):
     ``out.stats`` and dropped requests count requests arriving at, and steps from,
     ``chunk.count_from_step`` on.
     """
-    step0, n_steps, interval_s = chunk.step0, chunk.n_steps, chunk.interval_s
-    count_from_step = chunk.count_from_step
-    state_key, req_key, dep_model, dep_target = (deps.state_key, deps.request_key, deps.model,
-                                                 deps.target)
-    table_cum, n_states, power_of_z = models.table_cum, models.n_states, models.power_of_z
-    z_min, z_inv_step, phi, innovation = (models.z_min, models.z_inv_step, models.phi,
-                                          models.innovation)
-    clamp_w, serving, iterations_per_s = models.clamp_w, models.serving, models.iterations_per_s
-    tok_in, tok_out, running_bin = models.tok_in, models.tok_out, models.running_bin
-    prefill_th, n_prefill_bins = models.prefill_th, models.n_prefill_bins
-    base_rps, rate_mult, rate_k0 = syn.base_rps, syn.rate_mult, syn.rate_k0
-    steps_per_interval, rate_step_offset, gamma_q = (syn.steps_per_interval, syn.step_offset,
-                                                     syn.gamma_q)
-    replay_offsets, replay_step, replay_in, replay_out = (rep.offsets, rep.step,
-                                                          rep.input_tokens, rep.output_tokens)
-    sv = state.serving
-    chain_state, latent_z, running_prev, pending = (state.chain_state, state.latent_z,
-                                                    state.running_prev, state.pending)
-    have_pending, op_time, next_arrival = state.have_pending, state.op_time, state.next_arrival
-    n_arrived, replay_ptr = state.n_arrived, state.replay_ptr
-    target_mw, deployment_mw, stats = out.target_mw, out.deployment_mw, out.stats
-    (sv_iters, sv_heap, sv_heap_n, sv_pre_tokens, sv_pre_out, sv_pre_head, sv_pre_n,
-     sv_pre_total, sv_wait_in, sv_wait_out, sv_wait_head, sv_wait_n, sv_dropped) = sv
-    n_dep = state_key.shape[0]
-    want_dep = deployment_mw.shape[0] > 0
+    dt = chunk.interval_s
     synthetic = chunk.mode == MODE_SYNTHETIC
-    for d in range(n_dep):
-        m = dep_model[d]
-        base_s, prefill_s, decode_s = serving[m, 0], serving[m, 1], serving[m, 2]
-        budget, max_seqs = serving[m, 3], int(serving[m, 4])
-        k_states = n_states[m]
-        iter_rate = iterations_per_s[m]
-        heap, pre_tokens, pre_out = sv_heap[d], sv_pre_tokens[d], sv_pre_out[d]
-        wait_in, wait_out = sv_wait_in[d], sv_wait_out[d]
-        iters, heap_n, pre_head, pre_n = sv_iters[d], sv_heap_n[d], sv_pre_head[d], sv_pre_n[d]
-        pre_total, wait_head, wait_n = sv_pre_total[d], sv_wait_head[d], sv_wait_n[d]
+    sv = state.serving
+    n_z = models.residual_of_z.shape[2]
+    n_pre_bins = models.prefill_edges.shape[0] + 1
+    want_dep = out.deployment_mw.shape[0] > 0
+    for d in range(deps.state_key.shape[0]):
+        m = deps.model[d]
+        rates = _rates(models, m)
+        idle = models.idle_w[m]
+        d_it, d_seq = models.d_w[m, 0], models.d_w[m, 1]
+        d_ctx, d_pre = models.d_w[m, 2], models.d_w[m, 3]
+        h1, h2 = models.sensor[m, 0], models.sensor[m, 1]
+        h0 = 1.0 - h1 - h2
+        lo, hi = models.clamp_w[m, 0], models.clamp_w[m, 1]
+        skey, rkey = deps.state_key[d], deps.request_key[d]
+        q = load_scalars(sv, d)
+        s_prev = state.state[d]
+        zl = state.latent_z[d]
+        a1, b1 = state.shares_prev[d, 0, 0], state.shares_prev[d, 0, 1]
+        c1, e1 = state.shares_prev[d, 0, 2], state.shares_prev[d, 0, 3]
+        a2, b2 = state.shares_prev[d, 1, 0], state.shares_prev[d, 1, 1]
+        c2, e2 = state.shares_prev[d, 1, 2], state.shares_prev[d, 1, 3]
+        op, next_arr = state.op_time[d], state.next_arrival[d]
+        arrived, ptr = state.n_arrived[d], state.replay_ptr[d]
+        rep_end = rep.offsets[d + 1]
         dropped = 0
-        skey, rkey = state_key[d], req_key[d]
-        op, next_arr, arrived, ptr = op_time[d], next_arrival[d], n_arrived[d], replay_ptr[d]
-        rep_end = replay_offsets[d + 1]
-        lo, hi = clamp_w[m, 0], clamp_w[m, 1]
         n_new = 0
+        n_outside = 0
         sum_running = 0.0
         sum_prefill = 0.0
         sum_decode = 0.0
-
-        if synthetic and not have_pending[d]:
-            next_arr = _gap(gamma_q, uniform01_nb(rkey, np.uint64(0)))  # gap before arrival 0
-        s = chain_state[d]
-        zl = latent_z[d]
-        n_z = power_of_z.shape[2]
-        cur_running, cur_prefill, cur_decode = pending[d, 0], pending[d, 1], pending[d, 2]
-        prev_running = running_prev[d]
-        j = 0 if have_pending[d] else -1
-        # rate column of step k: max(k - rate_step_offset, 0) // steps_per_interval - rate_k0,
+        sum_busy = 0.0
+        if synthetic and next_arr < 0.0:
+            next_arr = _gap(syn.gamma_q, uniform01_nb(rkey, np.uint64(0)))  # before arrival 0
+        # rate column of step k: max(k - step_offset, 0) // steps_per_interval - rate_k0,
         # advanced at interval boundaries rather than divided out every step
-        k_next = step0 + j + 1
-        col = max(k_next - rate_step_offset, 0) // steps_per_interval - rate_k0
-        next_boundary = rate_step_offset + (col + rate_k0 + 1) * steps_per_interval
-        while j < n_steps:
-            # the workload of step k + 1 (k = step0 + j); on a deployment's first call the
-            # step-0 workload is computed first (j = -1) and becomes the current step
-            k_next = step0 + j + 1
+        spi = syn.steps_per_interval
+        col = max(chunk.step0 - syn.step_offset, 0) // spi - syn.rate_k0
+        next_boundary = syn.step_offset + (col + syn.rate_k0 + 1) * spi
+        for j in range(chunk.n_steps):
+            k = chunk.step0 + j
+            t0 = k * dt
+            counted = k >= chunk.count_from_step
+            # ---- arrivals of this step, at their time inside it
             if synthetic:
-                if k_next >= next_boundary:
+                if k >= next_boundary:
                     col += 1
-                    next_boundary += steps_per_interval
-                op += base_rps[d] * rate_mult[d, col] * interval_s
-                while op >= next_arr:
-                    u_in = uniform01_nb(rkey, np.uint64(3 * arrived + 1))
-                    u_out = uniform01_nb(rkey, np.uint64(3 * arrived + 2))
-                    wait_n, lost = enqueue(wait_in, wait_out, wait_head, wait_n,
-                                           _quantile_tokens(tok_in, m, u_in),
-                                           _quantile_tokens(tok_out, m, u_out))
+                    next_boundary += spi
+                rate = syn.base_rps[d] * syn.rate_mult[d, col]
+                op_end = op + rate * dt
+                while op_end >= next_arr:
+                    if syn.input_tokens > 0:
+                        n_in = syn.input_tokens
+                    else:
+                        n_in = _quantile_tokens(models.tok_in, m,
+                                                uniform01_nb(rkey, np.uint64(3 * arrived + 1)))
+                    if syn.output_tokens > 0:
+                        n_out = syn.output_tokens
+                    else:
+                        n_out = _quantile_tokens(models.tok_out, m,
+                                                 uniform01_nb(rkey, np.uint64(3 * arrived + 2)))
+                    n_cached = int(syn.cached_share * n_in)
+                    q, lost = enqueue(sv, d, q, t0 + (next_arr - op) / rate, n_in, n_cached,
+                                      n_out)
                     arrived += 1
-                    if k_next >= count_from_step:
+                    if counted:
                         dropped += lost
                         n_new += 1
-                    next_arr += _gap(gamma_q, uniform01_nb(rkey, np.uint64(3 * arrived)))
+                    next_arr += _gap(syn.gamma_q, uniform01_nb(rkey, np.uint64(3 * arrived)))
+                op = op_end
             else:
-                while ptr < rep_end and replay_step[ptr] <= k_next:
-                    wait_n, lost = enqueue(wait_in, wait_out, wait_head, wait_n,
-                                           replay_in[ptr], replay_out[ptr])
+                end_s = t0 + dt
+                while ptr < rep_end and rep.arrival_s[ptr] < end_s:
+                    q, lost = enqueue(sv, d, q, rep.arrival_s[ptr], rep.input_tokens[ptr],
+                                      rep.cached_tokens[ptr], rep.output_tokens[ptr])
                     ptr += 1
-                    if k_next >= count_from_step:
+                    if counted:
                         dropped += lost
                         n_new += 1
-            (iters, heap_n, pre_head, pre_n, pre_total, wait_head, wait_n, nxt_prefill,
-             nxt_decode, _it) = serve_step(heap, pre_tokens, pre_out, wait_in, wait_out, iters,
-                                           heap_n, pre_head, pre_n, pre_total, wait_head,
-                                           wait_n, base_s, prefill_s, decode_s, budget,
-                                           max_seqs, interval_s, iter_rate)
-            nxt_running = float(heap_n + pre_n)
-            if j < 0:
-                cur_running, cur_prefill, cur_decode = nxt_running, nxt_prefill, nxt_decode
-                prev_running = cur_running
-                s = 0
-                zl = 0.0
-                j = 0
-                continue
-            k = step0 + j
-            cell = _cell(cur_running, cur_prefill + nxt_prefill, cur_running - prev_running,
-                         running_bin, prefill_th, n_prefill_bins)
-            nxt = _next_state(table_cum, m, s, cell, k_states,
-                              uniform01_nb(skey, np.uint64(4 * k)))
-            eps = normal_nb(skey, np.uint64(4 * k + 1))
-            if nxt == s:
-                zl = phi[m, s] * zl + innovation[m, s] * eps
+            # ---- the serving model's work in this step
+            q, w = serve_step(sv, d, q, rates, t0, dt)
+            a0 = rates.base_s * w.iterations / dt
+            b0 = rates.decode_s * w.decode_tokens / dt
+            c0 = rates.context_s * w.context_tokens / dt
+            e0 = (rates.prefill_s * w.prefill_tokens + rates.attention_s * w.attention_tokens) / dt
+            # ---- the level, through the sensor kernel, and the state of the step
+            sa = h0 * a0 + h1 * a1 + h2 * a2
+            sb = h0 * b0 + h1 * b1 + h2 * b2
+            sc = h0 * c0 + h1 * c1 + h2 * c2
+            se = h0 * e0 + h1 * e1 + h2 * e2
+            level = idle + d_it * sa + d_seq * sb + d_ctx * sc + d_pre * se
+            busy = sa + sb + sc + se
+            pre_share = se / busy if busy > 1e-12 else 0.0
+            s = _bin(models.busy_edges, busy) * n_pre_bins + _bin(models.prefill_edges, pre_share)
+            eps = normal_nb(skey, np.uint64(k))
+            if s == s_prev:
+                zl = models.phi[m, s] * zl + models.innovation[m, s] * eps
             else:
                 zl = eps
-                s = nxt
-            # power = Q_s(Phi(z)) from the state's table on the latent grid
-            pos = min(max((zl - z_min) * z_inv_step, 0.0), n_z - 1.000001)
+                s_prev = s
+            # residual = R_s(Phi(z)) from the state's table on the latent grid
+            pos = min(max((zl - models.z_min) * models.z_inv_step, 0.0), n_z - 1.000001)
             i = int(pos)
-            p = power_of_z[m, s, i] + (pos - i) * (power_of_z[m, s, i + 1] - power_of_z[m, s, i])
+            r0 = models.residual_of_z[m, s, i]
+            p = level + r0 + (pos - i) * (models.residual_of_z[m, s, i + 1] - r0)
             p = min(max(p, lo), hi)
             mw = np.int64(p * 1000.0 + 0.5)  # p >= 0: round to the nearest milliwatt
-            target_mw[dep_target[d], j] += mw
+            out.target_mw[deps.target[d], j] += mw
             if want_dep:
-                deployment_mw[d, j] = mw
-            if k >= count_from_step:
-                sum_running += cur_running
-                sum_prefill += cur_prefill
-                sum_decode += cur_decode
-            prev_running = cur_running
-            cur_running, cur_prefill, cur_decode = nxt_running, nxt_prefill, nxt_decode
-            j += 1
+                out.deployment_mw[d, j] = mw
+            a2, b2, c2, e2 = a1, b1, c1, e1
+            a1, b1, c1, e1 = a0, b0, c0, e0
+            if counted:
+                running = q.heap_n + q.pre_n
+                sum_running += running
+                sum_prefill += w.prefill_tokens
+                sum_decode += w.decode_tokens
+                sum_busy += w.prefill_busy_s + w.decode_busy_s
+                env = models.envelope_max
+                per_seq = w.context_tokens / w.decode_tokens if w.decode_tokens > 0.0 else 0.0
+                if (running > env[m, ENV_RUNNING] or w.decode_batch > env[m, ENV_DECODE_BATCH]
+                        or w.prefill_tokens > env[m, ENV_PREFILL_TOKENS]
+                        or per_seq > env[m, ENV_CONTEXT_PER_SEQ]):
+                    n_outside += 1
 
-        sv_iters[d], sv_heap_n[d], sv_pre_head[d], sv_pre_n[d] = iters, heap_n, pre_head, pre_n
-        sv_pre_total[d], sv_wait_head[d], sv_wait_n[d] = pre_total, wait_head, wait_n
-        sv_dropped[d] += dropped
-        op_time[d], next_arrival[d], n_arrived[d], replay_ptr[d] = op, next_arr, arrived, ptr
-        chain_state[d] = s
-        latent_z[d] = zl
-        pending[d, 0], pending[d, 1], pending[d, 2] = cur_running, cur_prefill, cur_decode
-        running_prev[d] = prev_running
-        have_pending[d] = True
-        stats[d, S_ARRIVED] += n_new
-        stats[d, S_RUNNING_SUM] += sum_running
-        stats[d, S_PREFILL_TOKENS] += sum_prefill
-        stats[d, S_DECODE_TOKENS] += sum_decode
+        store_scalars(sv, d, q)
+        sv.dropped[d] += dropped
+        state.state[d] = s_prev
+        state.latent_z[d] = zl
+        state.shares_prev[d, 0, 0], state.shares_prev[d, 0, 1] = a1, b1
+        state.shares_prev[d, 0, 2], state.shares_prev[d, 0, 3] = c1, e1
+        state.shares_prev[d, 1, 0], state.shares_prev[d, 1, 1] = a2, b2
+        state.shares_prev[d, 1, 2], state.shares_prev[d, 1, 3] = c2, e2
+        state.op_time[d], state.next_arrival[d] = op, next_arr
+        state.n_arrived[d], state.replay_ptr[d] = arrived, ptr
+        out.stats[d, S_ARRIVED] += n_new
+        out.stats[d, S_RUNNING_SUM] += sum_running
+        out.stats[d, S_PREFILL_TOKENS] += sum_prefill
+        out.stats[d, S_DECODE_TOKENS] += sum_decode
+        out.stats[d, S_BUSY_S] += sum_busy
+        out.stats[d, S_OUTSIDE_ENVELOPE] += n_outside

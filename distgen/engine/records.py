@@ -36,33 +36,41 @@ MODE_REPLAY = 1
 class ModelTables(NamedTuple):
     """Power models packed into padded arrays, indexed by model number m (see PackedModels).
 
-    table_cum : (M, K, cells, K) stay-first cumulative transition probabilities.
-    n_states : (M,) int32 states per model.
-    power_of_z : (M, K, Z) [W] state power at the latent normal grid ``z_min + i / z_inv_step``.
-    phi, innovation : (M, K) latent AR(1) coefficient and sqrt(1 - phi^2).
+    serving : (M, 7) ServingRates fields per model (base, prefill, decode, context, attention
+        [s per unit], budget [tokens], max_num_seqs).
+    idle_w : (M,) [W] deployment power with no work.
+    d_w : (M, 4) [W] power above idle per activity (model.power.ACTIVITIES).
+    sensor : (M, 2) sensor kernel weights (h1, h2).
+    busy_edges, prefill_edges : state-cell edges (model.power.BUSY_EDGES / PREFILL_EDGES).
+    residual_of_z : (M, N_STATES, Z) [W] state residual at the latent normal grid
+        ``z_min + i / z_inv_step``.
+    phi, innovation : (M, N_STATES) latent AR(1) coefficient and sqrt(1 - phi^2).
     clamp_w : (M, 2) [W] generated power bounds.
-    serving : (M, 5) ServingParams.as_array().
-    iterations_per_s : (M, seq capacity + 1) [1/s] iteration rate by decoding requests.
     tok_in, tok_out : (M, Q) [tokens] token-length quantiles at linspace(0, 1, Q).
-    running_bin : (seq capacity + 2,) int64 running-bin index of each running count.
-    prefill_th : (P,) [tokens] prefill-window thresholds of the transition cells.
+    envelope_max : (M, N_ENVELOPE) largest work seen in training (ENV_* columns).
     """
 
-    table_cum: np.ndarray
-    n_states: np.ndarray
-    power_of_z: np.ndarray
+    serving: np.ndarray
+    idle_w: np.ndarray
+    d_w: np.ndarray
+    sensor: np.ndarray
+    busy_edges: np.ndarray
+    prefill_edges: np.ndarray
+    residual_of_z: np.ndarray
     z_min: float
     z_inv_step: float
     phi: np.ndarray
     innovation: np.ndarray
     clamp_w: np.ndarray
-    serving: np.ndarray
-    iterations_per_s: np.ndarray
     tok_in: np.ndarray
     tok_out: np.ndarray
-    running_bin: np.ndarray
-    prefill_th: np.ndarray
-    n_prefill_bins: int
+    envelope_max: np.ndarray
+
+
+#: Columns of ``ModelTables.envelope_max``: running requests, mean decode batch, prompt tokens
+#: computed per step, context tokens per decoding request.
+ENV_RUNNING, ENV_DECODE_BATCH, ENV_PREFILL_TOKENS, ENV_CONTEXT_PER_SEQ = range(4)
+N_ENVELOPE = 4
 
 
 class Deployments(NamedTuple):
@@ -83,14 +91,19 @@ class SyntheticInputs(NamedTuple):
     steps_per_interval: int
     step_offset: int
     gamma_q: np.ndarray      # mean-1 gamma gap quantiles, empty for Poisson
+    input_tokens: int        # every request's prompt tokens, or 0: the model's distribution
+    output_tokens: int       # every request's output tokens, or 0: the model's distribution
+    cached_share: float      # share of each prompt served from the prefix cache
 
 
 class ReplayInputs(NamedTuple):
-    """Replayed requests per deployment as CSR rows: ``offsets`` (D+1,)."""
+    """Replayed requests per deployment as CSR rows: ``offsets`` (D+1,); arrival times [s]
+    on the kernel's clock (step k starts at ``k * interval_s``)."""
 
     offsets: np.ndarray
-    step: np.ndarray
+    arrival_s: np.ndarray
     input_tokens: np.ndarray
+    cached_tokens: np.ndarray
     output_tokens: np.ndarray
 
 
@@ -98,13 +111,11 @@ class CarriedState(NamedTuple):
     """Everything a deployment carries from one chunk to the next (updated in place)."""
 
     serving: ServingState
-    chain_state: np.ndarray   # int64 (D,) power state
+    state: np.ndarray         # int64 (D,) power state of the last step (-1 before the first)
     latent_z: np.ndarray      # float64 (D,) latent AR(1) value
-    running_prev: np.ndarray  # float64 (D,) running requests of the previous step
-    pending: np.ndarray       # float64 (D, N_FEATURES) workload of the look-ahead step
-    have_pending: np.ndarray  # bool (D,) the look-ahead step has been computed
+    shares_prev: np.ndarray   # float64 (D, 2, 4) activity shares of the two previous steps
     op_time: np.ndarray       # float64 (D,) operational time of the arrival process
-    next_arrival: np.ndarray  # float64 (D,) operational time of the next arrival
+    next_arrival: np.ndarray  # float64 (D,) operational time of the next arrival (-1: none yet)
     n_arrived: np.ndarray     # int64 (D,) arrivals drawn so far (request counter)
     replay_ptr: np.ndarray    # int64 (D,) next replayed request of the deployment's CSR row
 
@@ -122,6 +133,8 @@ class Outputs(NamedTuple):
     stats: np.ndarray
 
 
-#: Columns of ``Outputs.stats``.
-S_ARRIVED, S_RUNNING_SUM, S_PREFILL_TOKENS, S_DECODE_TOKENS = range(4)
-N_STATS = 4
+#: Columns of ``Outputs.stats``: requests arrived, running-request steps, prompt tokens
+#: computed, tokens generated, busy seconds, steps outside the model's operating envelope.
+(S_ARRIVED, S_RUNNING_SUM, S_PREFILL_TOKENS, S_DECODE_TOKENS, S_BUSY_S,
+ S_OUTSIDE_ENVELOPE) = range(6)
+N_STATS = 6

@@ -1,4 +1,5 @@
-"""Request-trace CSVs (arrival time, prompt tokens, generated tokens) for replay workloads.
+"""Request-trace CSVs (arrival time, prompt tokens, generated tokens, optionally cached
+prompt tokens) for replay workloads.
 
 Two layouts are read, with column names matched case-insensitively:
 
@@ -6,7 +7,8 @@ Two layouts are read, with column names matched case-insensitively:
   ``2023-11-16 18:17:03.9799600``, CRLF line ends);
 * a plain one: ``timestamp`` (ISO date/time or seconds) or ``arrival_time_s`` [s], and
   ``input_tokens`` / ``prompt_tokens`` / ``input_lens``, ``output_tokens`` /
-  ``completion_tokens`` / ``output_lens``.
+  ``completion_tokens`` / ``output_lens``; optionally ``cached_tokens`` /
+  ``cached_prompt_tokens`` / ``num_cached_tokens`` (prompt tokens served from the prefix cache).
 
 Parsing is done by ``pyarrow.csv`` (millions of rows in seconds); when something is wrong,
 a slower pass finds the file line so the :class:`~distgen.errors.InputError` can name it.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +33,7 @@ INPUT_COLUMNS = ("contexttokens", "context_tokens", "input_tokens", "prompt_toke
                  "input_lens", "input_len")
 OUTPUT_COLUMNS = ("generatedtokens", "generated_tokens", "output_tokens", "completion_tokens",
                   "output_lens", "output_len")
+CACHED_COLUMNS = ("cached_tokens", "cached_prompt_tokens", "num_cached_tokens")
 _ROLES = (("arrival time", TIME_COLUMNS), ("input tokens", INPUT_COLUMNS),
           ("output tokens", OUTPUT_COLUMNS))
 _NUMBER_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
@@ -51,11 +55,35 @@ def _header(path: Path) -> list[str]:
     return [c.strip() for c in first]
 
 
+@dataclass(frozen=True)
+class RequestTrace:
+    """A request trace, sorted by arrival (arrays aligned).
+
+    Attributes
+    ----------
+    arrival_s : float64 (n,) [s] arrival time relative to the first request (first = 0.0).
+    input_tokens : int64 (n,) [tokens] prompt length.
+    output_tokens : int64 (n,) [tokens] generated length.
+    cached_tokens : int64 (n,) [tokens] prompt tokens served from the prefix cache
+        (``<= input_tokens``); zeros when the trace has no cached-tokens column.
+    """
+
+    arrival_s: np.ndarray
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    cached_tokens: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.arrival_s.shape[0])
+
+
 def _pick_columns(path: Path, header: list[str]) -> list[str]:
-    """The header names of (time, input, output), matched case-insensitively."""
+    """The header names of (time, input, output[, cached]), matched case-insensitively."""
     picked = []
-    for role, accepted in _ROLES:
+    for role, accepted in _ROLES + (("cached tokens", CACHED_COLUMNS),):
         hits = [c for c in header if c.lower() in accepted]
+        if not hits and accepted is CACHED_COLUMNS:
+            break  # optional
         if not hits:
             raise InputError(path, f"no {role} column; columns found: {header}; accepted "
                              f"names (any case): {list(accepted)}", line=1)
@@ -188,25 +216,24 @@ def _arrival_s(path: Path, name: str, col: pa.Array) -> np.ndarray:
     raise InputError(path, "cannot parse the timestamps", column=name)  # not reached
 
 
-def read_request_trace(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_request_trace(path: str | Path) -> RequestTrace:
     """Read a request-arrival trace, sorted by arrival.
 
     Parameters
     ----------
-    path : CSV with an arrival-time column and input/output token-count columns (see the
-        module docstring for the accepted names and formats).
+    path : CSV with an arrival-time column, input/output token-count columns and optionally a
+        cached-tokens column (see the module docstring for the accepted names and formats).
 
     Returns
     -------
-    arrival_s : float64 (n,) [s] arrival time relative to the first request (first = 0.0).
-    input_tokens : int64 (n,) [tokens] prompt length.
-    output_tokens : int64 (n,) [tokens] generated length.
+    :class:`RequestTrace` (cached tokens zero without that column).
 
     Raises
     ------
     InputError : missing file, missing column (listing those found and those accepted),
-        non-numeric or negative token counts, unparsable timestamps, wrong field counts or
-        an empty trace, naming the file and (where it applies) the line and column.
+        non-numeric or negative token counts, cached tokens above the prompt length,
+        unparsable timestamps, wrong field counts or an empty trace, naming the file and
+        (where it applies) the line and column.
     """
     path = Path(path)
     header = _header(path)
@@ -221,9 +248,19 @@ def read_request_trace(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.nda
                          column=names[0])
     input_tokens = _tokens(path, names[1], cols[1])
     output_tokens = _tokens(path, names[2], cols[2])
+    if len(names) > 3:
+        cached_tokens = _tokens(path, names[3], cols[3])
+        over = np.flatnonzero(cached_tokens > input_tokens)
+        if over.size:
+            row = int(over[0])
+            raise InputError(path, f"{cached_tokens[row]} cached tokens is more than the "
+                             f"prompt's {input_tokens[row]}", line=_file_line(path, row),
+                             column=names[3])
+    else:
+        cached_tokens = np.zeros(arrival.size, np.int64)
     if np.any(np.diff(arrival) < 0):
         order = np.argsort(arrival, kind="stable")
-        arrival, input_tokens, output_tokens = (arrival[order], input_tokens[order],
-                                                output_tokens[order])
+        arrival, input_tokens, output_tokens, cached_tokens = (
+            arrival[order], input_tokens[order], output_tokens[order], cached_tokens[order])
     arrival = arrival - arrival[0]
-    return arrival, input_tokens, output_tokens
+    return RequestTrace(arrival, input_tokens, output_tokens, cached_tokens)

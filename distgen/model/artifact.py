@@ -8,19 +8,19 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from distgen.errors import InputError, ModelLibraryError
-from distgen.model.states import GaussianMixture1D
-from distgen.model.transitions import FeatureGrid, TransitionModel
+from distgen.model.envelope import OperatingEnvelope
+from distgen.model.power import (ACTIVITIES, BUSY_EDGES, N_STATES, PREFILL_EDGES, Spread,
+                                 WorkPower)
 from distgen.workload.serving import ServingParams
 
 FORMAT = "distgen.power_model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: Board power limits [W] of common data-centre GPUs (SXM / OAM parts), for TDP baselines and
 #: the non-GPU activity share. Sources: NVIDIA A100 / H100 / H200 / B200 and L40S datasheets.
@@ -50,17 +50,16 @@ class PowerModel:
     ----------
     config_id, model_name, gpu, tp : the serving configuration.
     interval_s : [s] step of the model (0.25).
-    states : power-state mixture (mean/std [W] per state, sorted by mean).
-    state_quantiles_w : (K, n) [W] each state's power quantiles at ``linspace(0, 1, n)``.
-    ar1_phi : (K,) per-state AR(1) coefficient of the latent normal (see model.states).
+    serving : serving-model parameters (iteration time, batching).
+    power : activity powers over the idle floor and the sensor kernel (the level).
+    spread : residual quantiles and AR(1) persistence per state (the spread).
     clamp_w : (low, high) [W] generated power bounds.
-    transitions : workload-conditioned transition model.
-    serving : serving-model parameters.
     tokens : token-length quantiles of the training requests.
+    envelope : the work seen in training (:mod:`distgen.model.envelope`).
     tdp_w : [W] nameplate power of the deployment (per-GPU TDP x TP).
+    arrival_offset_s : [s] fitted offset between the request log's clock and the power reading
+        (used when a measured run is regenerated; 0 for new traffic).
     baselines : {"mean_w": ..., "lut_w": {"idle": ..., "prefill": ..., "decode": ...}}.
-    energy_account : {"idle_w", "j_per_iteration", "j_per_prefill_token", "j_per_decode_token",
-        "r2"}.
     provenance : training runs, windows, sample counts, fit date, distgen version, seed.
     scores : held-out fidelity of the fitting procedure (filled by ``distgen fit``).
     """
@@ -70,34 +69,30 @@ class PowerModel:
     gpu: str
     tp: int
     interval_s: float
-    states: GaussianMixture1D
-    state_quantiles_w: np.ndarray
-    ar1_phi: np.ndarray
-    clamp_w: tuple[float, float]
-    transitions: TransitionModel
     serving: ServingParams
+    power: WorkPower
+    spread: Spread
+    clamp_w: tuple[float, float]
     tokens: TokenQuantiles
+    envelope: OperatingEnvelope
     tdp_w: float
+    arrival_offset_s: float
     baselines: dict
-    energy_account: dict
     provenance: dict
     scores: dict = field(default_factory=dict)
 
     @property
-    def k(self) -> int:
-        return self.states.k
+    def idle_w(self) -> float:
+        """[W] deployment power with no work."""
+        return float(self.power.idle_w)
 
     @property
-    def idle_w(self) -> float:
-        """[W] mean of the lowest power state."""
-        return float(self.states.mean_w[0])
-
-    @cached_property
-    def transition_table(self) -> np.ndarray:
-        return self.transitions.table()
+    def energy_account(self) -> dict:
+        """Energy per unit of work [J] (see :meth:`WorkPower.energy_account`)."""
+        return self.power.energy_account(self.serving)
 
     def to_dict(self) -> dict:
-        t = self.transitions
+        sp = self.spread
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -107,31 +102,26 @@ class PowerModel:
             "tp": self.tp,
             "interval_s": self.interval_s,
             "units": {"power": "W", "time": "s", "energy": "J"},
-            "states": {
-                "mean_w": _floats(self.states.mean_w),
-                "std_w": _floats(self.states.std_w),
-                "weight": _floats(self.states.weight),
-                "quantiles_w": [_floats(q) for q in self.state_quantiles_w],
-                "ar1_phi": _floats(self.ar1_phi),
-                "log_likelihood": float(self.states.log_likelihood),
-                "n_samples": int(self.states.n_samples),
-            },
-            "clamp_w": [float(self.clamp_w[0]), float(self.clamp_w[1])],
-            "transitions": {
-                "kind": "workload_logit",
-                "running_thresholds": list(t.grid.running_thresholds),
-                "prefill_thresholds_tokens": list(t.grid.prefill_thresholds_tokens),
-                "ridge_lambda": t.ridge_lambda,
-                "intercepts": np.round(t.intercepts, 6).tolist(),
-                "prev_logits": np.round(t.prev_logits, 6).tolist(),
-                "feature_logits": np.round(t.feature_logits, 6).tolist(),
-            },
             "serving": self.serving.to_dict(),
+            "power": {"idle_w": self.power.idle_w,
+                      "activities": list(ACTIVITIES),
+                      "d_w": _floats(self.power.d_w),
+                      "sensor": _floats(self.power.sensor),
+                      "ceiling_w": self.power.ceiling_w},
+            "spread": {"busy_edges": list(BUSY_EDGES), "prefill_edges": list(PREFILL_EDGES),
+                       "quantiles_w": [_floats(q) for q in sp.quantiles_w],
+                       "phi": _floats(sp.phi),
+                       "n_samples": [int(v) for v in sp.n_samples],
+                       "source": [int(v) for v in sp.source],
+                       "offset_w": _floats(sp.offset_w)},
+            "clamp_w": [float(self.clamp_w[0]), float(self.clamp_w[1])],
             "tokens": {"input_tokens_quantiles": _floats(self.tokens.input_tokens),
                        "output_tokens_quantiles": _floats(self.tokens.output_tokens)},
+            "envelope": self.envelope.to_dict(),
             "tdp_w": self.tdp_w,
-            "baselines": self.baselines,
+            "arrival_offset_s": self.arrival_offset_s,
             "energy_account": self.energy_account,
+            "baselines": self.baselines,
             "provenance": self.provenance,
             "scores": self.scores,
         }
@@ -143,43 +133,42 @@ class PowerModel:
                 raise InputError(source, f"not a distgen power model (format={d.get('format')!r})")
             if d.get("format_version") != FORMAT_VERSION:
                 raise InputError(source, f"format_version {d.get('format_version')!r} is not "
-                                 f"supported (this distgen reads {FORMAT_VERSION})")
-            s = d["states"]
-            mean = np.asarray(s["mean_w"], np.float64)
-            states = GaussianMixture1D(mean, np.asarray(s["std_w"], np.float64),
-                                       np.asarray(s["weight"], np.float64),
-                                       float(s["log_likelihood"]), int(s["n_samples"]))
-            t = d["transitions"]
-            grid = FeatureGrid(tuple(int(v) for v in t["running_thresholds"]),
-                               tuple(int(v) for v in t["prefill_thresholds_tokens"]))
-            trans = TransitionModel(grid, np.asarray(t["intercepts"], np.float64),
-                                    np.asarray(t["prev_logits"], np.float64),
-                                    np.asarray(t["feature_logits"], np.float64),
-                                    float(t["ridge_lambda"]), mean)
-            k = mean.shape[0]
-            if states.std_w.shape != (k,) or len(s["quantiles_w"]) != k or \
-                    len(s["ar1_phi"]) != k:
-                raise InputError(source, "per-state arrays do not match the number of states")
-            if trans.intercepts.shape != (2, k) or trans.prev_logits.shape != (2, k, k) or \
-                    trans.feature_logits.shape != (grid.n_features, k):
-                raise InputError(source, "transition logits do not match the number of states")
+                                 f"supported (this distgen reads {FORMAT_VERSION}); refit with "
+                                 f"`distgen fit`")
+            pw, sp = d["power"], d["spread"]
+            if tuple(sp["busy_edges"]) != BUSY_EDGES or \
+                    tuple(sp["prefill_edges"]) != PREFILL_EDGES:
+                raise InputError(source, "spread state edges differ from this distgen's; refit")
+            spread = Spread(np.asarray(sp["quantiles_w"], np.float64),
+                            np.asarray(sp["phi"], np.float64),
+                            np.asarray(sp["n_samples"], np.int64),
+                            np.asarray(sp["source"], np.int64),
+                            np.asarray(sp["offset_w"], np.float64))
+            if spread.quantiles_w.shape[0] != N_STATES or spread.phi.shape != (N_STATES,):
+                raise InputError(source, f"spread needs {N_STATES} states")
+            if len(pw["d_w"]) != len(ACTIVITIES) or len(pw["sensor"]) != 2:
+                raise InputError(source, f"power.d_w needs {len(ACTIVITIES)} values and "
+                                 f"power.sensor 2")
             tok = d["tokens"]
             return cls(
                 config_id=str(d["config_id"]), model_name=str(d["model_name"]),
                 gpu=str(d["gpu"]), tp=int(d["tp"]), interval_s=float(d["interval_s"]),
-                states=states, state_quantiles_w=np.asarray(s["quantiles_w"], np.float64),
-                ar1_phi=np.asarray(s["ar1_phi"], np.float64),
+                serving=ServingParams.from_dict(d["serving"]),
+                power=WorkPower(float(pw["idle_w"]), tuple(float(v) for v in pw["d_w"]),
+                                tuple(float(v) for v in pw["sensor"])),
+                spread=spread,
                 clamp_w=(float(d["clamp_w"][0]), float(d["clamp_w"][1])),
-                transitions=trans, serving=ServingParams.from_dict(d["serving"]),
                 tokens=TokenQuantiles(np.asarray(tok["input_tokens_quantiles"], np.float64),
                                       np.asarray(tok["output_tokens_quantiles"], np.float64)),
-                tdp_w=float(d["tdp_w"]), baselines=dict(d["baselines"]),
-                energy_account=dict(d["energy_account"]), provenance=dict(d["provenance"]),
+                envelope=OperatingEnvelope.from_dict(d["envelope"]),
+                tdp_w=float(d["tdp_w"]), arrival_offset_s=float(d["arrival_offset_s"]),
+                baselines=dict(d["baselines"]), provenance=dict(d["provenance"]),
                 scores=dict(d.get("scores", {})))
         except InputError:
             raise
         except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise InputError(source, f"malformed power model: {type(exc).__name__}: {exc}")
+            raise InputError(source, f"malformed power model: {type(exc).__name__}: {exc}"
+                             ) from exc
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / f"{self.config_id}.json"
@@ -194,10 +183,10 @@ class PowerModel:
         path = Path(path)
         try:
             d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise InputError(path, "file not found")
+        except FileNotFoundError as exc:
+            raise InputError(path, "file not found") from exc
         except json.JSONDecodeError as exc:
-            raise InputError(path, f"invalid JSON: {exc.msg}", line=exc.lineno)
+            raise InputError(path, f"invalid JSON: {exc.msg}", line=exc.lineno) from exc
         return cls.from_dict(d, str(path))
 
 

@@ -123,6 +123,21 @@ def _replay_key(seed: int, repeat: int, copy: int):
 
 
 def expand_trace(arrival_s, input_tokens, output_tokens, replay, duration_s: float, seed: int):
+    """Map a request trace onto the run timeline ``[0, duration_s)``: see :func:`expand_rows`.
+
+    Returns
+    -------
+    (arrival_s float64, input_tokens int64, output_tokens int64).
+    """
+    n_in = np.asarray(input_tokens, np.int64)
+    n_out = np.asarray(output_tokens, np.int64)
+    if not (np.shape(arrival_s) == n_in.shape == n_out.shape):
+        raise ValueError("arrival_s, input_tokens and output_tokens need the same 1-d shape")
+    t, row = expand_rows(arrival_s, replay, duration_s, seed)
+    return t, n_in[row], n_out[row]
+
+
+def expand_rows(arrival_s, replay, duration_s: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Map a request trace onto the run timeline ``[0, duration_s)`` (ReplayConfig semantics).
 
     * time: ``t = (t_trace - t_first) / time_scale + start_offset_s``.
@@ -138,19 +153,18 @@ def expand_trace(arrival_s, input_tokens, output_tokens, replay, duration_s: flo
 
     Returns
     -------
-    (arrival_s float64, input_tokens int64, output_tokens int64).
+    (arrival_s float64, row int64): each request's arrival time on the run and the trace row it
+    copies (so every per-request column of the trace can be gathered).
     """
     t_raw = np.asarray(arrival_s, np.float64)
-    n_in = np.asarray(input_tokens, np.int64)
-    n_out = np.asarray(output_tokens, np.int64)
-    if not (t_raw.shape == n_in.shape == n_out.shape) or t_raw.ndim != 1:
-        raise ValueError("arrival_s, input_tokens and output_tokens need the same 1-d shape")
-    empty = (np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    if t_raw.ndim != 1:
+        raise ValueError("arrival_s must be 1-d")
+    empty = (np.zeros(0), np.zeros(0, np.int64))
     n = t_raw.shape[0]
     if n == 0 or duration_s <= 0:
         return empty
     order = np.argsort(t_raw, kind="stable")
-    t_raw, n_in, n_out = t_raw[order], n_in[order], n_out[order]
+    t_raw = t_raw[order]
     t = (t_raw - t_raw[0]) / replay.time_scale
     span = float(t[-1])
     mean_gap = span / (n - 1) if n > 1 else 0.0
@@ -196,7 +210,7 @@ def expand_trace(arrival_s, input_tokens, output_tokens, replay, duration_s: flo
     inside = (t_all >= 0) & (t_all < duration_s)
     t_all, i_all = t_all[inside], i_all[inside]
     o = np.argsort(t_all, kind="stable")
-    return t_all[o], n_in[i_all[o]], n_out[i_all[o]]
+    return t_all[o], order[i_all[o]].astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------
