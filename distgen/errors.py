@@ -47,3 +47,23 @@ class ConfigError(DistgenError):
 
 class ModelLibraryError(DistgenError):
     """A serving configuration that the model library does not hold, or a bad artifact."""
+
+
+_OS_HINTS = {28: "the disk is full", 122: "the disk quota is exceeded",
+             30: "the file system is read-only", 13: "no permission to write there"}
+
+
+def os_error_text(exc: OSError) -> str:
+    """One line for an operating-system error: the file, what the system said, and a hint for
+    the usual causes (a full disk, a read-only file system, missing permissions).
+
+    Examples: ``"/out/site_1s.parquet: No space left on device (the disk is full)"``.
+    """
+    what = exc.strerror or str(exc) or type(exc).__name__
+    hint = _OS_HINTS.get(exc.errno)
+    if hint and hint.split()[-1] not in what.lower():
+        what += f" ({hint})"
+    name = exc.filename
+    if name is not None and exc.filename2 is not None:
+        return f"{name} -> {exc.filename2}: {what}"
+    return f"{name}: {what}" if name is not None else what

@@ -6,17 +6,24 @@ handshake (Ray's GCS and client server speak gRPC), so a typo, a dead head node 
 some other service fails at once with a :class:`~distgen.errors.DistgenError` naming the
 address.
 
-A local Ray started on demand listens on 127.0.0.1 only, runs no dashboard and no Ray client
-server, and uses Ray's token authentication (Ray creates ``~/.ray/auth_token`` when missing)
-unless ``RAY_AUTH_MODE`` says otherwise.
+A local Ray started on demand is on loopback by construction (see :func:`local_ray_env`): every
+process it starts (GCS, raylet, object manager, runtime-env and dashboard agents, workers)
+binds 127.0.0.1 and nothing else, no probe of a public address is made, and usage statistics
+stay off unless the user turned them on. It runs no dashboard and no Ray client server, keeps
+Ray's log lines out of the terminal, and uses Ray's token authentication (Ray creates
+``~/.ray/auth_token`` when missing) unless ``RAY_AUTH_MODE`` says otherwise. The price: no
+``ray start --address`` worker node can join such a cluster; for several machines start a
+cluster with ``ray start`` and join it (``--address``), which is unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 from pathlib import Path
+from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 from distgen.errors import DistgenError
@@ -28,6 +35,16 @@ WORKER_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_TH
               "MKL_NUM_THREADS": "1"}
 
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+#: Ray's own switch for single-machine clusters (what it uses on macOS and Windows): with it at
+#: "0", Ray takes 127.0.0.1 as the node address instead of resolving "127.0.0.1" to the
+#: machine's outward address (``resolve_ip_for_localhost``), and its agents bind loopback.
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+USAGE_STATS_ENV = "RAY_USAGE_STATS_ENABLED"
+#: A proxy on a loopback port where nothing listens: HTTP requests of the local cluster's
+#: processes to anything but loopback fail at once, without a DNS lookup.
+DEAD_END_PROXY = "http://127.0.0.1:9"
+LOOPBACK_HOSTS = "127.0.0.1,localhost,::1"
 
 
 def auth_token_path() -> Path:
@@ -90,13 +107,13 @@ def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
         sock = socket.create_connection((host, port), timeout=timeout_s)
     except socket.gaierror as exc:
         raise DistgenError(f"cannot reach the Ray cluster at {address}: unknown host {host!r} "
-                           f"({exc.strerror}); {hint}") from None
-    except (TimeoutError, socket.timeout):
+                           f"({exc.strerror}); {hint}") from exc
+    except (TimeoutError, socket.timeout) as exc:
         raise DistgenError(f"cannot reach the Ray cluster at {address}: no answer within "
-                           f"{timeout_s:g} s; {hint}") from None
+                           f"{timeout_s:g} s; {hint}") from exc
     except OSError as exc:
         raise DistgenError(f"cannot reach the Ray cluster at {address}: "
-                           f"{exc.strerror or exc}; {hint}") from None
+                           f"{exc.strerror or exc}; {hint}") from exc
     try:
         sock.settimeout(timeout_s)
         sock.sendall(_H2_PREFACE)
@@ -132,12 +149,100 @@ def _sync_auth_mode() -> None:
         Config.initialize("")
 
 
+def usage_stats_chosen_by_user(environ: dict | None = None) -> bool:
+    """True when the user turned Ray's usage statistics on or off explicitly
+    (``RAY_USAGE_STATS_ENABLED`` set, or ``ray enable-usage-stats`` / ``ray
+    disable-usage-stats`` recorded in Ray's config file)."""
+    env = os.environ if environ is None else environ
+    if env.get(USAGE_STATS_ENV) is not None:
+        return True
+    try:
+        from ray._common.usage import usage_lib
+        return usage_lib._usage_stats_enabledness() is not \
+            usage_lib.UsageStatsEnabledness.ENABLED_BY_DEFAULT
+    except Exception:  # a private Ray API: when it moves, fall back to "not chosen"
+        return False
+
+
+def local_ray_env(environ: dict | None = None) -> dict:
+    """Environment variables that keep a local Ray on loopback and quiet.
+
+    * ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (:data:`SINGLE_MACHINE_ENV`): Ray's single-machine
+      mode. Without it, on Linux, Ray resolves ``_node_ip_address="127.0.0.1"`` to the address
+      of the machine's default route (probing 8.8.8.8 to find it), so GCS, raylet and object
+      manager listen there and the dashboard agent and metrics exporter on every interface;
+      with it every process binds 127.0.0.1. It also makes ``ray start --address`` refuse to
+      add worker nodes, which is why it is only set for the processes of a cluster that
+      distgen starts itself.
+    * ``RAY_USAGE_STATS_ENABLED=0`` unless the user chose otherwise
+      (:func:`usage_stats_chosen_by_user`): Ray's usage report is an HTTPS post to the
+      internet a minute after start.
+    * ``http_proxy`` / ``https_proxy`` = :data:`DEAD_END_PROXY`, ``no_proxy`` = loopback: Ray's
+      dashboard process asks cloud metadata services (169.254.169.254,
+      metadata.google.internal) which cloud it runs on even with usage statistics off; through
+      a proxy that does not exist those requests end on this machine, before any DNS lookup.
+      Inter-process traffic of the cluster is on loopback and bypasses the proxy.
+    """
+    env = os.environ if environ is None else environ
+    out = {SINGLE_MACHINE_ENV: "0"}
+    if not usage_stats_chosen_by_user(env):
+        out[USAGE_STATS_ENV] = "0"
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        out[name] = DEAD_END_PROXY
+    for name in ("no_proxy", "NO_PROXY"):
+        out[name] = LOOPBACK_HOSTS
+    return out
+
+
+@contextlib.contextmanager
+def _single_machine_ray() -> Iterator[None]:
+    """While a local Ray starts: :func:`local_ray_env` in this process's environment (the
+    cluster's processes inherit it) and Ray's single-machine constant set here, both put back
+    afterwards so that a later ``ray start`` or join from this process is not affected."""
+    from ray._private import ray_constants
+
+    added = local_ray_env()
+    saved_env = {k: os.environ.get(k) for k in added}
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(added)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def start_local_ray(*, num_cpus: int | None = None, temp_dir: str | None = None) -> None:
+    """Start a local Ray on loopback only (see the module docstring and :func:`local_ray_env`)."""
+    import ray
+
+    # Ray's default for a new cluster is token auth (it says so with a warning)
+    logging.getLogger("ray._private.authentication.authentication_token_setup"
+                      ).setLevel(logging.ERROR)
+    with _single_machine_ray():
+        try:
+            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", num_cpus=num_cpus,
+                     _temp_dir=temp_dir, logging_level=logging.WARNING, log_to_driver=False,
+                     runtime_env={"env_vars": dict(WORKER_ENV)})
+        except Exception as exc:  # Ray raises plain Exceptions / RuntimeErrors here
+            raise DistgenError(f"could not start a local Ray: {type(exc).__name__}: "
+                               f"{exc}") from exc
+
+
 def connect(address: str | None = None, *, num_cpus: int | None = None,
-            temp_dir: str | None = None) -> dict:
+            temp_dir: str | None = None,
+            on_start: Callable[[str], None] | None = None) -> dict:
     """Make sure this process is connected to Ray and describe the cluster.
 
     Reuses an existing connection (``ray.is_initialized()``). Otherwise joins ``address`` (or
-    ``RAY_ADDRESS``) after :func:`probe`, or starts a local Ray on loopback.
+    ``RAY_ADDRESS``) after :func:`probe`, or starts a local Ray on loopback
+    (:func:`start_local_ray`). ``on_start(message)`` is called once, with one line, before a
+    local Ray is started or a cluster joined (both take seconds).
 
     Returns
     -------
@@ -150,20 +255,16 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     if not ray.is_initialized():
         target = resolve_address(address)
         if target is None:
-            # Ray's default for a new cluster is token auth (it says so with a warning)
-            logging.getLogger("ray._private.authentication.authentication_token_setup"
-                              ).setLevel(logging.ERROR)
-            try:
-                ray.init(include_dashboard=False, _node_ip_address="127.0.0.1",
-                         num_cpus=num_cpus, _temp_dir=temp_dir, logging_level=logging.WARNING,
-                         runtime_env={"env_vars": dict(WORKER_ENV)})
-            except Exception as exc:  # Ray raises plain Exceptions / RuntimeErrors here
-                raise DistgenError(f"could not start a local Ray: {type(exc).__name__}: "
-                                   f"{exc}") from None
+            if on_start is not None:
+                cpus = num_cpus if num_cpus is not None else os.cpu_count()
+                on_start(f"starting a local Ray on 127.0.0.1 ({cpus} CPUs) ...")
+            start_local_ray(num_cpus=num_cpus, temp_dir=temp_dir)
             started = True
         else:
             if target != "auto":
                 probe(target)
+            if on_start is not None:
+                on_start(f"joining the Ray cluster at {target} ...")
             env = cluster_env()
             if env.get("RAY_AUTH_MODE") and "RAY_AUTH_MODE" not in os.environ:
                 os.environ["RAY_AUTH_MODE"] = env["RAY_AUTH_MODE"]
@@ -174,7 +275,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
             except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
                 raise DistgenError(f"cannot join the Ray cluster at {target}: "
                                    f"{str(exc).strip().splitlines()[0] if str(exc) else exc!r}"
-                                   ) from None
+                                   ) from exc
     info = cluster_info()
     info["ray_started_here"] = started
     return info
@@ -196,7 +297,8 @@ def worker_env_options() -> dict:
 
 
 def cluster_info() -> dict:
-    """Address, alive nodes, CPUs and GPUs of the connected cluster."""
+    """Address, alive nodes, CPUs, GPUs and the memory of the largest node [bytes] (Ray's
+    ``memory`` resource: what it lets tasks use) of the connected cluster."""
     import ray
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -205,8 +307,10 @@ def cluster_info() -> dict:
         address = ray.get_runtime_context().gcs_address
     except Exception:  # older Ray / Ray client
         address = None
+    node_memory = [float(n.get("Resources", {}).get("memory", 0.0)) for n in nodes]
     return {"ray_address": address, "ray_nodes": len(nodes),
             "ray_cpus": float(total.get("CPU", 0.0)), "ray_gpus": float(total.get("GPU", 0.0)),
+            "ray_node_memory_bytes": max(node_memory, default=0.0),
             "ray_version": ray.__version__}
 
 

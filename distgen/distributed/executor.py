@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol
 
 from distgen.distributed.cluster import check_resources, connect, worker_env_options
-from distgen.errors import DistgenError
+from distgen.errors import DistgenError, os_error_text
 
 #: Exceptions raised inside a task that are worth retrying (transient I/O); everything else
 #: raised by distgen code is a bug or bad input and fails at once. Crashed workers and dead
@@ -170,6 +170,8 @@ class RayExecutor:
                 return _failed(where, str(cause), fail_fast)
             retried = (f" (retried {retries} times)"
                        if isinstance(cause, tuple(RETRY_EXCEPTIONS)) and retries else "")
+            if isinstance(cause, OSError):  # the user's disk or folder: one line is enough
+                return _failed(where, f"failed{retried}: {os_error_text(cause)}", fail_fast)
             return _failed(where, f"failed{retried}: "
                            f"{type(cause).__name__ if cause else 'error'}: {cause}\n{exc}",
                            fail_fast)
@@ -197,24 +199,29 @@ class RayExecutor:
             pass
 
 
-def ray_executor(config, *, num_cpus: int | None = None,
-                 max_in_flight: int | None = None) -> RayExecutor:
+def ray_executor(config, *, num_cpus: int | None = None, max_in_flight: int | None = None,
+                 on_start: Callable[[str], None] | None = None) -> RayExecutor:
     """An executor running on the Ray cluster of ``config.ray`` (or ``RAY_ADDRESS``, else a local
     Ray on loopback with ``num_cpus`` CPUs). Fails fast with a
     :class:`~distgen.errors.DistgenError` when the address does not answer or the cluster cannot
     run a task of the configured size (e.g. ``ray.num_gpus_per_task > 0`` without GPUs).
+    ``on_start`` receives one line before Ray starts (see
+    :func:`~distgen.distributed.cluster.connect`).
     """
     rc = config.ray
-    info = connect(rc.address, num_cpus=num_cpus)
+    info = connect(rc.address, num_cpus=num_cpus, on_start=on_start)
     check_resources(rc.num_cpus_per_task, rc.num_gpus_per_task)
-    keep = ("ray_address", "ray_nodes", "ray_cpus", "ray_gpus", "ray_version")
-    return RayExecutor(rc, {k: info[k] for k in keep}, max_in_flight=max_in_flight)
+    keep = ("ray_address", "ray_nodes", "ray_cpus", "ray_gpus", "ray_version",
+            "ray_node_memory_bytes", "ray_started_here")
+    return RayExecutor(rc, {k: info[k] for k in keep if k in info},
+                       max_in_flight=max_in_flight)
 
 
-def make_executor(kind: str, config, *, num_cpus: int | None = None) -> Executor:
+def make_executor(kind: str, config, *, num_cpus: int | None = None,
+                  on_start: Callable[[str], None] | None = None) -> Executor:
     """``"local"`` or ``"ray"`` (see :func:`ray_executor`)."""
     if kind == "local":
         return LocalExecutor()
     if kind == "ray":
-        return ray_executor(config, num_cpus=num_cpus)
+        return ray_executor(config, num_cpus=num_cpus, on_start=on_start)
     raise DistgenError(f"unknown executor {kind!r}; use 'ray' or 'local'")
