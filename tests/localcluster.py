@@ -73,6 +73,8 @@ class LocalCluster:
         self.start_timeout_s = start_timeout_s
         self.head: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
+        #: node-manager (raylet) port of each worker node: identifies it in ``ray.nodes()``
+        self.worker_ports: list[int] = []
 
     # ------------------------------------------------------------------ lifecycle
     def _spawn(self, args: list[str], log: str) -> subprocess.Popen:
@@ -126,8 +128,11 @@ class LocalCluster:
         by probing for free ones, which races when two start at once.
         """
         log = Path(self.temp_dir) / f"worker{len(self.workers)}.log"
-        proc = self._spawn([f"--address={self.address}", f"--num-cpus={cpus}"], log.name)
+        port = free_port()
+        proc = self._spawn([f"--address={self.address}", f"--num-cpus={cpus}",
+                            f"--node-manager-port={port}"], log.name)
         self.workers.append(proc)
+        self.worker_ports.append(port)
         deadline = time.monotonic() + self.start_timeout_s
         while b"Ray runtime started" not in log.read_bytes():
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -149,6 +154,17 @@ class LocalCluster:
                                    f"{n_alive} Ray nodes came up; logs in {self.temp_dir}")
             time.sleep(0.2)
 
+    def worker_node_id(self, i: int) -> str:
+        """Ray's node id of worker node ``i`` (in a connected driver)."""
+        import ray
+
+        ids = [n["NodeID"] for n in ray.nodes()
+               if n.get("NodeManagerPort") == self.worker_ports[i]]
+        if len(ids) != 1:
+            raise DistgenError(f"worker node {i} (node manager port {self.worker_ports[i]}) "
+                               f"is not known to the cluster: {len(ids)} matches")
+        return ids[0]
+
     def kill_worker(self, i: int) -> None:
         """SIGKILL worker node ``i`` (its ``ray start``, raylet and agents): a machine failure."""
         _killpg(self.workers[i], signal.SIGKILL)
@@ -162,7 +178,7 @@ class LocalCluster:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
-        self.workers, self.head = [], None
+        self.workers, self.head, self.worker_ports = [], None, []
         if not keep_logs:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 

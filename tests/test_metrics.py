@@ -111,7 +111,9 @@ def test_pooled_energy_error_hand_case():
 
 def test_pooled_single_run_equals_per_run():
     y, yhat = [1, 2, 3], [1, 2, 4]
-    assert pooled_energy_error_pct([y], [yhat]) == energy_error_pct(y, yhat)
+    # one run: sum y = 6, sum yhat = 7 -> 100 * 1 / 6, as energy_error_pct
+    assert pooled_energy_error_pct([y], [yhat]) == pytest.approx(100.0 / 6.0, rel=1e-12)
+    assert energy_error_pct(y, yhat) == pytest.approx(100.0 / 6.0, rel=1e-12)
 
 
 def test_pooled_energy_error_bad_input():

@@ -120,7 +120,8 @@ def test_bench_local_prints_table(capsys):
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray = pytest.importorskip("ray")
+    import ray  # a dependency of distgen: its absence is an error, not a skip
+
     from distgen.distributed import connect
 
     if ray.is_initialized():

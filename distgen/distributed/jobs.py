@@ -137,7 +137,9 @@ def shard_job(shard, plan, library: tuple[str, bytes], replay_doc: dict | None, 
 
     check_shared_folder(parts_dir, check_name)
     node = _node_id()
-    attempt = Path(parts_dir) / ATTEMPTS_DIR / f"shard-{shard.index:05d}-{secrets.token_hex(4)}"
+    # named by start time, so that sorted names list a shard's attempts in the order they began
+    attempt = (Path(parts_dir) / ATTEMPTS_DIR
+               / f"shard-{shard.index:05d}-{time.time_ns():020d}-{secrets.token_hex(4)}")
     attempt.parent.mkdir(exist_ok=True)
     attempt.write_text(json.dumps({"shard": shard.index, "node_id": node,
                                    "host": socket.gethostname(), "pid": os.getpid()}))
@@ -151,7 +153,8 @@ def shard_job(shard, plan, library: tuple[str, bytes], replay_doc: dict | None, 
 
 
 def read_attempts(parts_dir: Path) -> dict[int, list[dict]]:
-    """Shard index -> the attempts recorded by :func:`shard_job` (one per task start)."""
+    """Shard index -> the attempts recorded by :func:`shard_job` (one per task start), in the
+    order they started."""
     out: dict[int, list[dict]] = {}
     folder = Path(parts_dir) / ATTEMPTS_DIR
     for path in sorted(folder.glob("shard-*")) if folder.is_dir() else []:
