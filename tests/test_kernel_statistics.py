@@ -266,4 +266,5 @@ def test_request_draws_and_state_draws_use_different_keys(library):
     assert not np.intersect1d(state_key, request_key).size
     # and so the uniforms differ: counter c of a deployment's two keys
     c = np.arange(64, dtype=np.uint64)
-    assert not np.any(rng.uniform01(state_key[:, None], c) == rng.uniform01(request_key[:, None], c))
+    same = rng.uniform01(state_key[:, None], c) == rng.uniform01(request_key[:, None], c)
+    assert not same.any()
