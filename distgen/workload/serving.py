@@ -371,24 +371,36 @@ def serve_step(sv, d, q, rates, step_start_s, interval_s):
             iters = iters_end
             t += used
         elif heap_n > 0:
-            to_finish = fin[d, 0] - iters
-            t_finish = to_finish * per_it
-            if t_finish <= avail:
-                its = to_finish
-                used = t_finish
-            else:
-                its = avail / per_it
-                used = avail
-            busy_dec += used
-            batch_time += heap_n * used
-            its_total += its
-            dec_tokens += heap_n * its
-            ctx_read += its * ctx_now + 0.5 * heap_n * its * its
-            iters += its
-            t += used
-            while heap_n > 0 and fin[d, 0] <= iters:
+            # decode to the end of the segment at the current batch; requests finishing on
+            # the way stop producing tokens at their finishing count (the batch's speed-up
+            # after a finish is second order and not modelled), and when the last one
+            # finishes the engine idles from then on
+            its = avail / per_it
+            iters_end = iters + its
+            n0 = heap_n
+            last = iters
+            n_gone = 0
+            sum_fin = 0.0
+            while heap_n > 0 and fin[d, 0] <= iters_end:
+                last = fin[d, 0]
+                n_gone += 1
+                sum_fin += last
                 ctx_base -= ctx[d, 0]
                 heap_n = _heap_pop(fin, ctx, d, heap_n)
+            if heap_n == 0:
+                iters_end = last
+                its = last - iters
+                used = its * per_it
+            else:
+                used = avail
+            gone = n_gone * iters_end - sum_fin  # tokens not produced after finishing
+            busy_dec += used
+            batch_time += n0 * used
+            its_total += its
+            dec_tokens += n0 * its - gone
+            ctx_read += its * ctx_now + 0.5 * n0 * its * its
+            iters += its
+            t += used
         else:
             t = seg_end  # idle until the next arrival or the end of the step
     if heap_n == 0:
