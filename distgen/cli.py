@@ -82,6 +82,36 @@ def format_validation(results: dict) -> str:
                          "P99%", "TDP E%", "mean E%", "LUT E%", "LUT KS"])
 
 
+def format_validation_runs(results: dict) -> str:
+    """Per held-out run: energy error and the share of steps outside the model's envelope."""
+    rows = []
+    for config_id, r in results.items():
+        d = r.get("diagnostics") or {}
+        outside = d.get("outside_envelope_share_per_run", {})
+        for run_id, err in d.get("energy_err_pct_per_run", {}).items():
+            rows.append([config_id, run_id, err, 100 * outside.get(run_id, 0.0)])
+    return _table(rows, ["config", "held-out run", "energy%", "outside envelope %"])
+
+
+def format_consistency(results: dict) -> str:
+    """The physical-consistency panel per configuration (distgen.analysis.consistency)."""
+    rows = []
+    for config_id, r in results.items():
+        c = r.get("consistency")
+        if c is None:
+            continue
+        iso, sweep = c["isolated_request"], c["rate_sweep"]
+        ratios = [p["ratio"] for p in c["account_panel"]]
+        rows.append([config_id, f"{iso['energy_above_idle_j']:.1f} / {iso['bound_j']:.1f}",
+                     f"{min(ratios):.3f}..{max(ratios):.3f}",
+                     f"{sweep['mean_w'][0]:.0f}..{sweep['mean_w'][-1]:.0f}",
+                     "yes" if sweep["monotone"] and sweep["bounded"] else "NO",
+                     "yes" if c["drains"]["ok"] else "NO",
+                     "pass" if c["passed"] else "FAIL"])
+    return _table(rows, ["config", "isolated J / bound", "panel gen/account", "sweep W",
+                         "monotone+bounded", "drains", "all"])
+
+
 def cmd_validate(args) -> int:
     from distgen.analysis.validation import validate
     from distgen.ingest import read_runs
@@ -94,7 +124,17 @@ def cmd_validate(args) -> int:
     if format_gap_lines(runs):
         print(format_gap_lines(runs))
     results = validate(runs, library, seeds=args.seeds, collect=collect)
+    from distgen.analysis.consistency import consistency_panel, passed
+    for config_id, r in results.items():
+        if config_id in library:
+            panel = consistency_panel(library[config_id])
+            r["consistency"] = {**panel, "passed": passed(panel)}
     print(format_validation(results))
+    print()
+    print(format_validation_runs(results))
+    print()
+    print("physical consistency (model alone; distgen/analysis/consistency.py):")
+    print(format_consistency(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)

@@ -48,6 +48,8 @@ class PackedModels:
             residual_of_z=residual, z_min=Z_MIN, z_inv_step=1.0 / Z_STEP,
             phi=phi, innovation=np.sqrt(1.0 - phi ** 2),
             clamp_w=np.array([m.clamp_w for m in models], np.float64),
+            power_limit=np.array([[m.power.limit_w, m.power.limit_budget_j] for m in models],
+                                 np.float64),
             tok_in=np.stack([_fine_quantiles(m.tokens.input_tokens) for m in models]),
             tok_out=np.stack([_fine_quantiles(m.tokens.output_tokens) for m in models]),
             envelope_max=np.stack([m.envelope.as_array() for m in models]))
@@ -169,7 +171,7 @@ class DeploymentBatch:
             target=np.asarray(target_index, np.int64))
         self.state = CarriedState(
             serving=ServingState.empty(n, models.seq_capacity(), queue_capacity),
-            state=np.full(n, -1, np.int64), latent_z=np.zeros(n),
+            state=np.full(n, -1, np.int64), latent_z=np.zeros(n), over_limit_j=np.zeros(n),
             shares_prev=np.zeros((n, 2, 4)), op_time=np.zeros(n),
             next_arrival=np.full(n, -1.0), n_arrived=np.zeros(n, np.int64),
             replay_ptr=np.zeros(n, np.int64))

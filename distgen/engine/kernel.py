@@ -3,7 +3,8 @@
 One pass over (deployment, step) does everything a deployment needs in a 0.25 s step: the
 requests arriving in the step (booked at their time inside it), the serving model's work
 (distgen.workload.serving), the expected power of that work (distgen.model.power: idle plus each
-activity's power times its share of the step, through the sensor kernel), and the spread around
+activity's power times its share of the step, through the sensor kernel, held under the board's
+power limit), and the spread around
 it (the state's residual quantiles through a latent AR(1) normal). Deployments are independent
 given their inputs, which is what lets the fleet be cut anywhere and the same loop run as one
 GPU thread per deployment.
@@ -96,6 +97,8 @@ def fleet_kernel(chunk, deps, models, syn, rep, state, out):
         h1, h2 = models.sensor[m, 0], models.sensor[m, 1]
         h0 = 1.0 - h1 - h2
         lo, hi = models.clamp_w[m, 0], models.clamp_w[m, 1]
+        cap, budget = models.power_limit[m, 0], models.power_limit[m, 1]
+        over = state.over_limit_j[d]
         skey, rkey = deps.state_key[d], deps.request_key[d]
         q = load_scalars(sv, d)
         s_prev = state.state[d]
@@ -173,6 +176,17 @@ def fleet_kernel(chunk, deps, models, syn, rep, state, out):
             sc = h0 * c0 + h1 * c1 + h2 * c2
             se = h0 * e0 + h1 * e1 + h2 * e2
             level = idle + d_it * sa + d_seq * sb + d_ctx * sc + d_pre * se
+            # the board's power limiter: bursts above the limit are allowed until the energy
+            # above it reaches the budget; it recovers while the level is below the limit
+            excess = (level - cap) * dt
+            if excess > 0.0:
+                allowed = max(budget - over, 0.0)
+                if excess > allowed:
+                    excess = allowed
+                    level = cap + allowed / dt
+                over += excess
+            else:
+                over = max(over + excess, 0.0)
             busy = sa + sb + sc + se
             pre_share = se / busy if busy > 1e-12 else 0.0
             s = _bin(models.busy_edges, busy) * n_pre_bins + _bin(models.prefill_edges, pre_share)
@@ -211,6 +225,7 @@ def fleet_kernel(chunk, deps, models, syn, rep, state, out):
         sv.dropped[d] += dropped
         state.state[d] = s_prev
         state.latent_z[d] = zl
+        state.over_limit_j[d] = over
         state.shares_prev[d, 0, 0], state.shares_prev[d, 0, 1] = a1, b1
         state.shares_prev[d, 0, 2], state.shares_prev[d, 0, 3] = c1, e1
         state.shares_prev[d, 1, 0], state.shares_prev[d, 1, 1] = a2, b2

@@ -46,6 +46,8 @@ class ModelTables(NamedTuple):
         ``z_min + i / z_inv_step``.
     phi, innovation : (M, N_STATES) latent AR(1) coefficient and sqrt(1 - phi^2).
     clamp_w : (M, 2) [W] generated power bounds.
+    power_limit : (M, 2) the sustained power limit [W] (model.power.sustained_limit_w) and the
+        energy [J] above it a burst may use before the limiter holds the level at the limit.
     tok_in, tok_out : (M, Q) [tokens] token-length quantiles at linspace(0, 1, Q).
     envelope_max : (M, N_ENVELOPE) largest work seen in training (ENV_* columns).
     """
@@ -62,6 +64,7 @@ class ModelTables(NamedTuple):
     phi: np.ndarray
     innovation: np.ndarray
     clamp_w: np.ndarray
+    power_limit: np.ndarray
     tok_in: np.ndarray
     tok_out: np.ndarray
     envelope_max: np.ndarray
@@ -113,6 +116,7 @@ class CarriedState(NamedTuple):
     serving: ServingState
     state: np.ndarray         # int64 (D,) power state of the last step (-1 before the first)
     latent_z: np.ndarray      # float64 (D,) latent AR(1) value
+    over_limit_j: np.ndarray  # float64 (D,) [J] energy spent above the power limit (bucket)
     shares_prev: np.ndarray   # float64 (D, 2, 4) activity shares of the two previous steps
     op_time: np.ndarray       # float64 (D,) operational time of the arrival process
     next_arrival: np.ndarray  # float64 (D,) operational time of the next arrival (-1: none yet)

@@ -30,7 +30,7 @@ from distgen.errors import InputError
 from distgen.ingest.trace import RunTrace
 from distgen.model.artifact import GPU_TDP_W, PowerModel, TokenQuantiles
 from distgen.model.envelope import OperatingEnvelope
-from distgen.model.power import (N_STATES,
+from distgen.model.power import (N_STATES, limit_bucket_j, sustained_limit_w,
                                  QUANTILE_POINTS, Spread, WorkPower, activity_shares,
                                  level_w, sensor_filter, state_of)
 from distgen.model.serving_fit import fit_serving, measured_running, run_workload
@@ -299,6 +299,15 @@ def fit_power_model(windows: list[Window], *, seed: int = 0) -> PowerModel:
     all_power = np.concatenate([p[k] for p, k in zip(power, keep)])
     low, high = float(all_power.min()), float(all_power.max())
     span = high - low
+    # the limiter lets bursts use as much energy above the board limit as training runs did
+    # (at least half a second at 5 % over it)
+    limit_w = sustained_limit_w(power, tdp_w, first.interval_s)
+    budget = max([float(limit_bucket_j(p, limit_w, first.interval_s).max(initial=0.0))
+                  for p in power] + [0.5 * 0.05 * tdp_w])
+    work_power = WorkPower(work_power.idle_w, work_power.d_w, work_power.sensor, limit_w, budget)
+    # generated power may go where the level and the spread take it: above the training
+    # maximum up to the fitted ceiling, below the training minimum by the idle state's spread
+    idle_low = idle_w + float(spread.quantiles_w[0, 0])
     all_work = np.concatenate([w[k] for w, k in zip(work, keep)])
     requests = [run.requests.window(run.start_s + a * run.interval_s,
                                     run.start_s + b * run.interval_s) for run, a, b in windows]
@@ -319,6 +328,8 @@ def fit_power_model(windows: list[Window], *, seed: int = 0) -> PowerModel:
         "distgen_version": distgen.__version__,
         "fit_seed": int(seed),
         "serving_fit": serving_report,
+        "busy_share": float(np.concatenate([x.sum(axis=1)[k] for x, k in zip(shares, keep)])
+                            .mean()),
         "level_fit": {"rms_w": rms, "idle_source": "quiet steps" if idles else "2nd percentile",
                       "run_offsets_s": offsets, "candidate_offsets_s": list(OFFSETS_S),
                       "candidate_sensors": [list(s) for s in SENSORS]},
@@ -327,7 +338,8 @@ def fit_power_model(windows: list[Window], *, seed: int = 0) -> PowerModel:
     return PowerModel(
         config_id=first.config_id, model_name=first.model_name, gpu=first.gpu, tp=first.tp,
         interval_s=first.interval_s, serving=serving, power=work_power, spread=spread,
-        clamp_w=(max(low - CLAMP_MARGIN * span, 0.0), high + CLAMP_MARGIN * span),
+        clamp_w=(max(min(low, idle_low) - CLAMP_MARGIN * span, 0.0),
+                 max(high, work_power.ceiling_w) + CLAMP_MARGIN * span),
         tokens=tokens, envelope=OperatingEnvelope.of(all_work),
         tdp_w=float(tdp_per_gpu * first.tp), arrival_offset_s=float(offset),
         baselines={"mean_w": float(all_power.mean()),

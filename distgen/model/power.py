@@ -49,6 +49,20 @@ N_PREFILL_BINS = len(PREFILL_EDGES) + 1
 N_STATES = N_BUSY_BINS * N_PREFILL_BINS
 #: Probabilities at which each state's residual quantiles are stored.
 QUANTILE_POINTS = 65
+#: A board held at its power limit reads up to this much above it in ``power.draw``.
+LIMIT_READING_MARGIN = 1.02
+#: [s] the window over which the sustained power of the training runs is measured.
+SUSTAINED_WINDOW_S = 60.0
+
+
+def sustained_limit_w(power: list[np.ndarray], tdp_w: float, interval_s: float) -> float:
+    """[W] the sustained power a deployment's reading can hold: its boards' limit (TDP x TP,
+    plus :data:`LIMIT_READING_MARGIN`), or the highest :data:`SUSTAINED_WINDOW_S` mean the
+    training runs held, whichever is higher (the shared cache-off agentic run holds 439 W for
+    a minute on a 400 W A100: the reading is not capped at TDP)."""
+    w = int(round(SUSTAINED_WINDOW_S / interval_s))
+    held = [float(np.convolve(p, np.ones(w) / w, "valid").max()) for p in power if p.size >= w]
+    return max([LIMIT_READING_MARGIN * tdp_w] + held)
 
 
 @dataclass(frozen=True)
@@ -60,11 +74,16 @@ class WorkPower:
     idle_w : [W] deployment power with no work (all TP GPUs).
     d_w : (4,) [W] power above idle while the GPU does each of :data:`ACTIVITIES`.
     sensor : (h1, h2) weights of the previous and the one-before-previous step in a reading.
+    limit_w : [W] the sustained power limit (:func:`sustained_limit_w`).
+    limit_budget_j : [J] energy above ``limit_w`` a burst may use before the limiter holds the
+        level at the limit (:func:`limit_bucket_j`; the largest the training runs used).
     """
 
     idle_w: float
     d_w: tuple[float, float, float, float]
     sensor: tuple[float, float]
+    limit_w: float = float("inf")
+    limit_budget_j: float = 0.0
 
     @property
     def ceiling_w(self) -> float:
@@ -113,6 +132,36 @@ def sensor_filter(x: np.ndarray, sensor: tuple[float, float]) -> np.ndarray:
 def level_w(shares: np.ndarray, power: WorkPower) -> np.ndarray:
     """[W] expected power of each step from its activity shares (before the sensor kernel)."""
     return power.idle_w + sensor_filter(shares, power.sensor) @ np.asarray(power.d_w)
+
+
+def limited_level_w(level: np.ndarray, limit_w: float, budget_j: float,
+                    interval_s: float) -> np.ndarray:
+    """The level held under the power limit, step by step as the kernel does it: energy above
+    ``limit_w`` is allowed until ``budget_j`` is used, the bucket drains while below."""
+    out = np.array(level, np.float64)
+    over = 0.0
+    for i, v in enumerate(out):
+        excess = (v - limit_w) * interval_s
+        if excess > 0.0:
+            allowed = max(budget_j - over, 0.0)
+            if excess > allowed:
+                excess = allowed
+                out[i] = limit_w + allowed / interval_s
+            over += excess
+        else:
+            over = max(over + excess, 0.0)
+    return out
+
+
+def limit_bucket_j(power_w: np.ndarray, limit_w: float, interval_s: float) -> np.ndarray:
+    """[J] the power limiter's bucket along a series: energy above ``limit_w`` accumulates,
+    and drains at the rate the power is below it (the kernel's rule, without clipping)."""
+    over = np.zeros(len(power_w))
+    level = 0.0
+    for i, p in enumerate(np.asarray(power_w, np.float64)):
+        level = max(level + (p - limit_w) * interval_s, 0.0)
+        over[i] = level
+    return over
 
 
 def state_of(shares_seen: np.ndarray) -> np.ndarray:
