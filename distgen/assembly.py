@@ -13,21 +13,27 @@ from pathlib import Path
 
 import numpy as np
 
-from distgen.config.validate import start_hour_of_day
+from distgen.config.serving_mix import mix_report
+from distgen.config.validate import start_hour_of_day, start_time_utc, utc_offset_s
 from distgen.engine.resample import block_means_w, coarsen_sums
 from distgen.errors import DistgenError
 from distgen.io.csvout import write_site_csv
+from distgen.io.entities import POWER_NOTE, write_entity_table
+from distgen.io.manifest import file_digest
 from distgen.io.parts import completed_shards, open_part
 from distgen.io.series import SeriesWriter
+from distgen.io.table import write_table
 from distgen.core.grid import INTERVAL_S, steps_of
 from distgen.pipeline import RunPlan
 from distgen.results import (LevelStats, RunSummary, SeriesStats, ShardSummary, SiteStats,
-                             WorkloadSummary, resolution_label)
+                             WorkloadSummary, by_config_of, resolution_label)
 
 WINDOW_ELEMENTS = 1 << 21
 ENTITY_COLUMN = {"rows": "row_id", "racks": "rack_id", "servers": "server_id",
                  "deployments": "deployment_id"}
 FIFTEEN_MIN_STEPS = 3600
+ENTITIES_FILE = "entities.parquet"
+SHARDS_FILE = "shards.parquet"
 
 
 def pue_per_block(plan: RunPlan, factor: int, n_blocks: int) -> np.ndarray:
@@ -103,8 +109,9 @@ def _write_site(plan: RunPlan, out: Path, site_sums: np.ndarray,
             path = out / f"site_{label}.csv"
             write_site_csv(path, start_time=cfg.start_time, time_s=time_s, interval_s=resolution_s,
                            it_power_w=it_w, facility_power_w=facility_w)
-            files.append({"path": path.name, "level": "site", "resolution_s": resolution_s,
-                          "format": "csv"})
+            files.append({"path": path.name, "level": "site", "rows": int(it_w.size),
+                          "sha256": file_digest(path), "bytes": path.stat().st_size,
+                          "resolution_s": resolution_s, "format": "csv"})
             continue
         with SeriesWriter(out / f"site_{label}.parquet", level="site", resolution_s=resolution_s,
                           value_columns=["it_power_w", "facility_power_w"], entity_column=None,
@@ -133,7 +140,8 @@ def _write_level(plan: RunPlan, out: Path, parts_dir: Path, level: str, factor: 
     path = out / f"{level}_{resolution_label(resolution_s)}.parquet"
     with SeriesWriter(path, level=level, resolution_s=resolution_s, value_columns=["power_w"],
                       entity_column=ENTITY_COLUMN[level], units={"power_w": "W"},
-                      grid=grid) as w:
+                      grid=grid, metadata={"power": POWER_NOTE,
+                                           "entities": ENTITIES_FILE}) as w:
         for a, b in _windows(n_blocks, ids.size):
             total = np.zeros((b - a, ids.size), np.int64)
             for (values, _), col in zip(parts, columns):
@@ -150,12 +158,59 @@ def _write_level(plan: RunPlan, out: Path, parts_dir: Path, level: str, factor: 
     return {**info, "resolution_s": resolution_s, "format": "parquet"}, stats
 
 
+def time_grid(plan: RunPlan) -> dict:
+    """The run's time grid as the output files record it: ``start_time`` (site-local, as
+    configured), ``start_utc``, ``utc_offset_s`` [s], ``interval_s`` [s], ``n_steps``."""
+    cfg = plan.config
+    return {"start_time": cfg.start_time, "start_utc": start_time_utc(cfg).isoformat(),
+            "utc_offset_s": utc_offset_s(cfg), "interval_s": INTERVAL_S,
+            "n_steps": plan.n_steps}
+
+
+def _write_entities(plan: RunPlan, out: Path) -> dict:
+    t = plan.topology
+    table = t.deployment_table()
+    serving_ids = sorted(set(t.row_serving))
+    row_code = np.array([serving_ids.index(c) for c in t.row_serving], np.int32)
+    info = write_entity_table(
+        out / ENTITIES_FILE, deployment_id=table["deployment_id"],
+        server_id=table["server_id"], rack_id=table["rack_id"], row_id=table["row_id"],
+        serving_code=row_code[table["row_id"]], serving_ids=serving_ids, gpus=table["gpus"],
+        first_gpu=table["first_gpu"],
+        metadata={"serving_mix": mix_report(plan.config.facility),
+                  "non_gpu": {"idle_w": plan.config.facility.non_gpu.idle_w,
+                              "activity_w": plan.config.facility.non_gpu.activity_w}})
+    return {**info, "format": "parquet"}
+
+
+def _write_shards(shards: tuple[ShardSummary, ...], out: Path) -> dict:
+    """One row per shard: its racks, size, wall time, inputs hash and work (``by_config`` as
+    JSON text: serving configuration -> work)."""
+    work = [f for f in WorkloadSummary.__dataclass_fields__]
+    columns = {"shard": [s.shard for s in shards],
+               "rack_start": [s.rack_start for s in shards],
+               "rack_stop": [s.rack_stop for s in shards],
+               "deployments": [s.deployments for s in shards],
+               "servers": [s.servers for s in shards],
+               "wall_s": [float(s.wall_s) for s in shards],
+               "inputs_sha256": [s.inputs_sha256 for s in shards],
+               **{f: [getattr(s.workload, f) for s in shards] for f in work},
+               "by_config": [{c: dict(vars(w)) for c, w in s.by_config.items()}
+                             for s in shards]}
+    path = out / SHARDS_FILE
+    write_table(path, None, columns, metadata={
+        "format": "distgen.shards", "units": {"wall_s": "s", "busy_ms": "ms",
+                                              "prefill_tokens": "tokens",
+                                              "decode_tokens": "tokens"}})
+    return {"path": path.name, "level": "shards", "rows": len(shards),
+            "sha256": file_digest(path), "bytes": path.stat().st_size, "format": "parquet"}
+
+
 def assemble(plan: RunPlan, out: Path) -> tuple[list[dict], RunSummary]:
     """Write every output file of the run from ``out/.parts``; return (files, summary)."""
     parts_dir = out / ".parts"
     _check_parts(plan, parts_dir)
-    grid = {"start_time": plan.config.start_time, "interval_s": INTERVAL_S,
-            "n_steps": plan.n_steps}
+    grid = time_grid(plan)
     files, site_stats, ramp = _write_site(plan, out, _site_sums(plan, parts_dir), grid)
     levels = []
     for level, factor in plan.level_factors.items():
@@ -164,9 +219,12 @@ def assemble(plan: RunPlan, out: Path) -> tuple[list[dict], RunSummary]:
         levels.append(stats)
     shards = tuple(ShardSummary.from_dict(m["summary"])
                    for _, m in sorted(completed_shards(parts_dir).items()))
+    files.append(_write_entities(plan, out))
+    files.append(_write_shards(shards, out))
     workload = sum((s.workload for s in shards), WorkloadSummary.zero())
     return files, RunSummary(site=tuple(site_stats), max_15min_ramp_w=ramp,
-                             levels=tuple(levels), workload=workload, shards=shards)
+                             levels=tuple(levels), workload=workload, shards=shards,
+                             by_config=by_config_of(shards))
 
 
 def utc_now() -> str:

@@ -36,8 +36,11 @@ def cmd_fit(args) -> int:
     from distgen.analysis.validation import validate_configuration
     from distgen.ingest import read_runs
     from distgen.ingest.inspection import format_gap_lines
+    from distgen.io.outdir import check_artifact_folder
+    from distgen.model.artifact import FORMAT
     from distgen.model.fit import fit_power_model
 
+    check_artifact_folder(args.out, artifact_format=FORMAT, overwrite=args.overwrite)
     runs = read_runs(*args.data, max_gap_s=args.max_gap_s)
     if format_gap_lines(runs):
         print(format_gap_lines(runs))
@@ -49,10 +52,15 @@ def cmd_fit(args) -> int:
     for config_id in sorted(by_config):
         group = sorted(by_config[config_id], key=lambda r: r.run_id)
         t0 = time.perf_counter()
-        model = fit_power_model([(r, 0, r.n_steps) for r in group], seed=args.seed)
-        if not args.no_scores:
-            scores = validate_configuration(group, None, fit_seed=args.seed)
-            model = type(model)(**{**model.__dict__, "scores": scores})
+        try:
+            model = fit_power_model([(r, 0, r.n_steps) for r in group], seed=args.seed)
+            if not args.no_scores:
+                scores = validate_configuration(group, None, fit_seed=args.seed)
+                model = type(model)(**{**model.__dict__, "scores": scores})
+        except ValueError as exc:  # what the runs cannot support, said by the numerics
+            runs_text = ", ".join(r.run_id for r in group)
+            raise DistgenError(f"cannot fit {config_id} from {len(group)} run(s) ({runs_text}): "
+                               f"{exc}") from exc
         path = model.save(out)
         ea = model.energy_account
         rows.append([config_id, len(group), model.provenance["n_samples"], ea["idle_w"],
@@ -116,8 +124,13 @@ def cmd_validate(args) -> int:
     from distgen.analysis.validation import validate
     from distgen.ingest import read_runs
     from distgen.ingest.inspection import format_gap_lines
+    from distgen.io.outdir import check_output_file, check_writable_folder
     from distgen.model.artifact import ModelLibrary
 
+    if args.json:
+        check_output_file(args.json, what="--json file")
+    if args.report:
+        check_writable_folder(args.report, what="--report folder")
     library = ModelLibrary.load(args.models)
     collect = [] if args.report else None
     runs = read_runs(*args.data, max_gap_s=args.max_gap_s)
@@ -176,51 +189,81 @@ def cmd_inspect(args) -> int:
 
 # ------------------------------------------------------------------------ generate
 
-def _fmt_energy(j: float) -> str:
-    wh = j / 3600.0
-    for unit, scale in (("GWh", 1e9), ("MWh", 1e6), ("kWh", 1e3)):
-        if wh >= scale:
-            return f"{wh / scale:.3f} {unit}"
-    return f"{wh:.1f} Wh"
+_ENERGY_UNITS = (("GWh", 3.6e12), ("MWh", 3.6e9), ("kWh", 3.6e6), ("Wh", 3.6e3))
+_POWER_UNITS = (("GW", 1e9), ("MW", 1e6), ("kW", 1e3), ("W", 1.0))
+
+
+def _unit_for(values, units) -> tuple[str, float]:
+    """The largest unit in which the largest of ``values`` is at least 1 (one unit per column)."""
+    top = max((abs(v) for v in values if v is not None), default=0.0)
+    for name, scale in units:
+        if top >= scale:
+            return name, scale
+    return units[-1]
 
 
 def _fmt_power(w: float) -> str:
-    for unit, scale in (("GW", 1e9), ("MW", 1e6), ("kW", 1e3)):
-        if abs(w) >= scale:
-            return f"{w / scale:.3f} {unit}"
-    return f"{w:.1f} W"
+    name, scale = _unit_for([w], _POWER_UNITS)
+    return f"{w / scale:.3f} {name}"
+
+
+def _fmt_hours(seconds: float) -> str:
+    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds:g} s"
 
 
 def format_summary(manifest: dict, out: Path) -> str:
+    """The run in a few lines; every figure says its resolution, and each column of the table
+    has one unit."""
     from distgen.results import RunSummary, resolution_label
 
     t = manifest["topology"]
     grid = manifest["grid"]
     s = RunSummary.from_dict(manifest["summary"])
-    lines = [f"{t['rows']} rows, {t['racks']} racks, {t['servers']} servers, {t['gpus']} GPUs, "
-             f"{t['deployments']} deployments; {grid['duration_s'] / 3600:g} h from "
-             f"{grid['start_time']} at {grid['interval_s']} s steps", ""]
-    rows = []
+    duration = float(grid["duration_s"])
+    offset_h = float(grid.get("utc_offset_s", 0.0)) / 3600
+    mix = (t.get("serving_mix") or {}).get("rows") or {}
+    lines = [f"site: {t['rows']:,} rows, {t['racks']:,} racks, {t['servers']:,} servers, "
+             f"{t['gpus']:,} GPUs, {t['deployments']:,} deployments",
+             "serving mix (rows): " + ", ".join(f"{c} {n:,}" for c, n in mix.items()),
+             f"time: {_fmt_hours(duration)} from {grid['start_time']} (UTC{offset_h:+g} h) "
+             f"on a {grid['interval_s']:g} s grid"]
+    if manifest.get("estimate"):
+        from distgen.footprint import Footprint, describe_footprint
+        lines.append("estimate before the run: " +
+                     describe_footprint(Footprint(**manifest["estimate"]),
+                                        cpus=manifest["execution"].get("ray_cpus") or 1))
+    lines.append("")
+    table = []
     for st in s.site:
-        label = resolution_label(st.resolution_s)
         for v, name in ((st.it, "site IT"), (st.facility, "site facility")):
-            rows.append([name, label, _fmt_energy(v.energy_j), _fmt_power(v.mean_w),
-                         _fmt_power(v.peak_w), f"{v.peak_to_average:.2f}"])
+            table.append([name, st.resolution_s, v.energy_j, v.mean_w, v.peak_w,
+                          v.peak_to_average])
     for v in s.levels:
-        rows.append([f"{v.level} ({v.entities})", resolution_label(v.resolution_s),
-                     _fmt_energy(v.energy_j), "", f"max {_fmt_power(v.max_peak_w)}", ""])
-    lines.append(_table(rows, ["level", "resolution", "energy", "mean", "peak", "PAR"]))
+        mean_w = v.energy_j / duration / max(v.entities, 1)
+        table.append([f"{v.level} ({v.entities:,}, per entity)",
+                      v.resolution_s, v.energy_j, mean_w, v.max_peak_w, None])
+    e_unit, e_scale = _unit_for([r[2] for r in table], _ENERGY_UNITS)
+    p_unit, p_scale = _unit_for([r[3] for r in table] + [r[4] for r in table], _POWER_UNITS)
+    rows = [[name, resolution_label(res), f"{e / e_scale:.3f}", f"{m / p_scale:.3f}",
+             f"{pk / p_scale:.3f}", "" if par is None else f"{par:.2f}"]
+            for name, res, e, m, pk, par in table]
+    lines.append(_table(rows, ["level", "resolution", f"energy [{e_unit}]", f"mean [{p_unit}]",
+                               f"peak [{p_unit}]", "peak/mean"]))
+    if s.levels:
+        lines.append("(per entity: energy of all, mean of one entity, largest entity peak)")
+    lines.append("")
     if s.max_15min_ramp_w is not None:
-        lines.append(f"max 15-minute facility ramp (15-min means): "
+        lines.append(f"largest facility ramp between consecutive 15-minute (900 s) means: "
                      f"{_fmt_power(s.max_15min_ramp_w)}")
     w = s.workload
-    lines.append(f"requests: {w.requests_arrived:,} served or queued, "
-                 f"{w.requests_dropped:,} dropped (queue full), "
-                 f"mean {w.mean_running_per_deployment:.2f} running per deployment")
+    lines.append(f"requests over the {_fmt_hours(duration)}: {w.requests_arrived:,} served or "
+                 f"queued, {w.requests_dropped:,} dropped (queue full); "
+                 f"{w.mean_running_per_deployment:.2f} running per deployment on average over "
+                 f"the {grid['interval_s']:g} s steps")
     envelope = ", ".join(f"{c} {100 * cw.outside_envelope_share:.1f} %"
                          for c, cw in s.by_config.items())
-    lines.append(f"deployment-steps outside the models' operating envelope (extrapolated): "
-                 f"{envelope}")
+    lines.append(f"{grid['interval_s']:g} s deployment-steps outside the models' operating "
+                 f"envelope (extrapolated): {envelope}")
     lines.append("")
     lines.append(f"wrote {len(manifest['files'])} files and manifest.json to {out}/")
     return "\n".join(lines)
@@ -241,16 +284,31 @@ def _load_run_config(args):
     return load_config(args.config, list(args.overrides) + _option_overrides(args))
 
 
+def _note(message: str) -> None:
+    """A notice for the user: one line on stderr."""
+    print(f"distgen: {message}", file=sys.stderr)
+
+
 def cmd_generate(args) -> int:
-    from distgen.driver import generate
+    from distgen.distributed import make_executor
+    from distgen.distributed.cluster import resolve_address
+    from distgen.driver import generate, local_capacity, preflight
+    from distgen.model.artifact import ModelLibrary
     from distgen.progress import Progress
 
     config = _load_run_config(args)
+    library = ModelLibrary.load(config.model_library)
+    if args.executor == "local" or resolve_address(config.ray.address) is None:
+        # this machine runs the shards: judge the run before starting anything (a joined
+        # cluster is judged once its size is known, inside generate)
+        preflight(config, library, args.out, local_capacity(args.executor, config, args.out),
+                  resume=args.resume)
     progress = Progress(enabled=not args.quiet)
-    from distgen.distributed import make_executor
-    executor = make_executor(args.executor, config)
-    manifest = generate(config, args.out, overwrite=args.overwrite, resume=args.resume,
-                        executor=executor, progress=progress)
+    executor = make_executor(args.executor, config,
+                             on_start=None if args.quiet else _note)
+    _catch_sigterm()  # Ray installs its own handler while it starts
+    manifest = generate(config, args.out, library=library, overwrite=args.overwrite,
+                        resume=args.resume, executor=executor, progress=progress, log=_note)
     if not args.quiet:
         print(format_summary(manifest, Path(args.out)))
     return 0
@@ -330,6 +388,16 @@ def _add_max_gap_argument(parser: argparse.ArgumentParser) -> None:
                         "interpolated into fitting or scoring")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distgen", description=(
         "Compositional power traces of LLM-inference fleets, from one GPU server to a site."))
@@ -342,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--no-scores", action="store_true",
                    help="skip the held-out scoring stored in each artifact")
+    f.add_argument("--overwrite", action="store_true",
+                   help="allow writing into a folder that holds files other than power models")
     _add_max_gap_argument(f)
     f.set_defaults(func=cmd_fit)
 
@@ -349,7 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--models", default=None, help="model library folder (default: bundled)")
     v.add_argument("--data", nargs="+", required=True, help="measured run folders")
     v.add_argument("--json", default=None, help="also write the results as JSON")
-    v.add_argument("--seeds", type=int, default=5)
+    v.add_argument("--seeds", type=_positive_int, default=5,
+                   help="generated traces per held-out window (default 5)")
     v.add_argument("--report", default=None, metavar="DIR",
                    help="also write a report with figures per held-out run into DIR")
     _add_max_gap_argument(v)
@@ -431,6 +502,50 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what timeout, Slurm, docker and systemd send), raised in the main thread like
+    Ctrl-C so that every ``finally`` runs: Ray tasks are cancelled, temporary files removed."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _catch_sigterm() -> None:
+    """Route SIGTERM to :class:`Terminated` (from the main thread only, where Python delivers
+    signals)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _release_sigterm() -> None:
+    """Back to the default (end the process) once the command is done: a SIGTERM while Ray
+    shuts down at exit must not raise into its clean-up."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _interrupted(args, exc: KeyboardInterrupt) -> int:
+    """One line on how to go on; exit status 128 + signal number (130 Ctrl-C, 143 SIGTERM)."""
+    terminated = isinstance(exc, Terminated)
+    what = "terminated (SIGTERM)" if terminated else "interrupted"
+    if getattr(args, "command", None) in ("generate", "sweep") and getattr(args, "out", None):
+        again = "distgen " + " ".join(
+            a for a in (sys.argv[1:] if sys.argv[1:2] == [args.command] else [args.command])
+            if a != "--resume")
+        print(f"distgen: {what}; the finished work in {args.out} is kept: finish the run with "
+              f"--resume ({again} --resume)", file=sys.stderr)
+    else:
+        print(f"distgen: {what}", file=sys.stderr)
+    return 143 if terminated else 130
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -439,14 +554,20 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(a.startswith("-") or "=" not in a for a in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
+    _catch_sigterm()
     try:
         return args.func(args)
     except DistgenError as exc:
         print(f"distgen: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("distgen: interrupted", file=sys.stderr)
-        return 130
+    except OSError as exc:  # the user's files and disks: a full disk, a read-only folder
+        from distgen.errors import os_error_text
+        print(f"distgen: error: {os_error_text(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        return _interrupted(args, exc)
+    finally:
+        _release_sigterm()
 
 
 if __name__ == "__main__":

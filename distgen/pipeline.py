@@ -23,7 +23,6 @@ from typing import Callable, Iterator
 import numpy as np
 
 from distgen.backend import resolve_backend
-from distgen.config import config_hash
 from distgen.config.schema import RunConfig
 from distgen.config.validate import expand_row_serving, start_hour_of_day, validate
 from distgen.core.grid import INTERVAL_S, steps_of
@@ -33,6 +32,7 @@ from distgen.engine.records import (S_ARRIVED, S_BUSY_S, S_DECODE_TOKENS, S_OUTS
                                     S_PREFILL_TOKENS, S_RUNNING_SUM)
 from distgen.engine.reduce import non_gpu_mw, sum_groups
 from distgen.engine.resample import BlockSummer
+from distgen.inputs import RunInputs, run_inputs
 from distgen.model.artifact import ModelLibrary
 from distgen.results import ShardSummary, WorkloadSummary
 from distgen.topology import Shard, Topology, plan_shards
@@ -62,6 +62,7 @@ class RunPlan:
     site_factor: int
     level_factors: dict[str, int] = field(default_factory=dict)
     library_version: str = ""
+    inputs: RunInputs | None = None
 
     @property
     def stream_names(self) -> list[str]:
@@ -95,7 +96,7 @@ def plan_run(config: RunConfig, library: ModelLibrary) -> RunPlan:
         n_steps=steps_of(config.duration_s), site_factors=site_factors,
         site_factor=reduce(math.gcd, site_factors),
         level_factors={lvl: steps_of(r) for lvl, r in levels.items() if r is not None},
-        library_version=library.version)
+        library_version=library.version, inputs=run_inputs(config, library, row_serving))
 
 
 @dataclass(frozen=True)
@@ -262,6 +263,7 @@ def run_shard(plan: RunPlan, shard: Shard, library: ModelLibrary, parts_dir,
     from distgen.io.parts import PartWriter  # io owns the files; imported where used
 
     t0 = time.perf_counter()
+    inputs = plan.inputs or run_inputs(plan.config, library, plan.topology.row_serving)
     gen = ShardGenerator(plan, shard, library, replay_requests)
     streams = shard_streams(plan, shard)
     summers = {name: BlockSummer(ids.size, int(name.rsplit("_", 1)[1]))
@@ -280,8 +282,8 @@ def run_shard(plan: RunPlan, shard: Shard, library: ModelLibrary, parts_dir,
             shard=shard.index, rack_start=shard.rack_start, rack_stop=shard.rack_stop,
             deployments=gen.fleet.n_deployments, servers=gen.fleet.n_servers,
             workload=gen.workload(), wall_s=time.perf_counter() - t0,
-            inputs_sha256=config_hash(plan.config), by_config=gen.workload_by_config())
-        writer.commit(summary.to_dict())
+            inputs_sha256=inputs.sha256, by_config=gen.workload_by_config())
+        writer.commit({**summary.to_dict(), "inputs": inputs.to_dict()})
     return summary
 
 
@@ -298,6 +300,7 @@ class ReplayRequests:
     input_tokens: np.ndarray
     output_tokens: np.ndarray
     cached_tokens: np.ndarray
+    trace_span_s: float = 0.0  # [s, trace time] first to last request of the trace file
 
     @classmethod
     def build(cls, plan: RunPlan, library: ModelLibrary) -> "ReplayRequests":
@@ -321,7 +324,8 @@ class ReplayRequests:
         routes = route_requests(arrival, n_in - cached, n_out, n_deployments=t.n_deployments,
                                 routing=replay.routing, seed=cfg.seed,
                                 service_s_per_token=service)
-        return cls(routes, arrival, n_in, n_out, cached)
+        span = float(trace.arrival_s[-1] - trace.arrival_s[0]) if len(trace) else 0.0
+        return cls(routes, arrival, n_in, n_out, cached, span)
 
     def for_shard(self, topology: Topology, shard: Shard, step_offset: int = 0) -> ReplayArrivals:
         """The shard's requests; arrival times move by ``step_offset`` warm-up steps."""

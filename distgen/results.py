@@ -164,7 +164,10 @@ class RunSummary:
         facility power (None for runs shorter than two quarter hours).
     levels : per written entity level, :class:`LevelStats`.
     workload : the whole run's :class:`WorkloadSummary`.
-    shards : per shard, :class:`ShardSummary`.
+    shards : per shard, :class:`ShardSummary` (not in the manifest, which stays small for any
+        number of shards: they are in the run's ``shards.parquet``; empty when read back).
+    by_config : serving configuration -> the work of its deployments over the whole run
+        (:func:`by_config_of` of the shards).
     """
 
     site: tuple[SiteStats, ...]
@@ -172,15 +175,7 @@ class RunSummary:
     levels: tuple[LevelStats, ...]
     workload: WorkloadSummary
     shards: tuple[ShardSummary, ...]
-
-    @property
-    def by_config(self) -> dict[str, WorkloadSummary]:
-        """Serving configuration -> the work of its deployments over the whole run."""
-        out: dict[str, WorkloadSummary] = {}
-        for s in self.shards:
-            for c, w in s.by_config.items():
-                out[c] = out.get(c, WorkloadSummary.zero()) + w
-        return dict(sorted(out.items()))
+    by_config: dict = field(default_factory=dict)
 
     def site_at(self, resolution_s: float) -> SiteStats:
         for s in self.site:
@@ -200,14 +195,26 @@ class RunSummary:
                                  self.workload.mean_running_per_deployment},
                 "outside_envelope_share": {c: w.outside_envelope_share
                                            for c, w in self.by_config.items()},
-                "shards": [s.to_dict() for s in self.shards]}
+                "by_config": {c: asdict(w) for c, w in self.by_config.items()}}
 
     @classmethod
     def from_dict(cls, doc: dict) -> "RunSummary":
+        shards = tuple(ShardSummary.from_dict(s) for s in doc.get("shards", []))  # older runs
         site = tuple(SiteStats(float(s["resolution_s"]), SeriesStats(**s["it"]),
                                SeriesStats(**s["facility"])) for s in doc["site"].values())
         return cls(site=tuple(sorted(site, key=lambda s: s.resolution_s)),
                    max_15min_ramp_w=doc.get("max_15min_ramp_w"),
                    levels=tuple(_build(LevelStats, doc[lv]) for lv in ENTITY_LEVELS if lv in doc),
                    workload=_build(WorkloadSummary, doc["workload"]),
-                   shards=tuple(ShardSummary.from_dict(s) for s in doc.get("shards", [])))
+                   shards=shards,
+                   by_config=({c: _build(WorkloadSummary, w) for c, w in doc["by_config"].items()}
+                              if "by_config" in doc else by_config_of(shards)))
+
+
+def by_config_of(shards) -> dict[str, WorkloadSummary]:
+    """Serving configuration -> the work of its deployments, summed over ``shards``."""
+    out: dict[str, WorkloadSummary] = {}
+    for s in shards:
+        for c, w in s.by_config.items():
+            out[c] = out.get(c, WorkloadSummary.zero()) + w
+    return dict(sorted(out.items()))

@@ -69,6 +69,37 @@ class Topology:
     def rack_row(self, rack_uid: int) -> int:
         return rack_uid // self.racks_per_row
 
+    def deployment_table(self) -> dict[str, np.ndarray]:
+        """Every deployment of the site in id order, as arrays (vectorised over the rows that
+        share a TP degree; no per-deployment Python loop).
+
+        Returns
+        -------
+        dict of int64 (n_deployments,) arrays: ``deployment_id``, ``server_id``, ``rack_id``,
+        ``row_id``, ``gpus`` (TP), ``first_gpu`` (index in the server).
+        """
+        row_tp = np.asarray(self.row_tp, np.int64)
+        parts = []
+        for tp in np.unique(row_tp):
+            rows = np.flatnonzero(row_tp == tp)
+            first = np.arange(0, self.gpus_per_server, tp, dtype=np.int64)
+            rack = (rows[:, None] * self.racks_per_row
+                    + np.arange(self.racks_per_row)[None, :])              # (R, racks)
+            server = (rack[..., None] * self.servers_per_rack
+                      + np.arange(self.servers_per_rack))                  # (R, racks, srv)
+            dep = server[..., None] * self.gpus_per_server + first           # (R, racks, srv, k)
+            shape = dep.shape
+            parts.append({
+                "deployment_id": dep.ravel(),
+                "server_id": np.broadcast_to(server[..., None], shape).ravel(),
+                "rack_id": np.broadcast_to(rack[..., None, None], shape).ravel(),
+                "row_id": np.broadcast_to(rows[:, None, None, None], shape).ravel(),
+                "gpus": np.full(dep.size, tp, np.int64),
+                "first_gpu": np.broadcast_to(first, shape).ravel()})
+        out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        order = np.argsort(out["deployment_id"], kind="stable")
+        return {k: v[order] for k, v in out.items()}
+
     def fleet(self, rack_start: int = 0, rack_stop: int | None = None) -> "FleetSlice":
         """Deployments of the racks ``[rack_start, rack_stop)`` as flat arrays (see FleetSlice)."""
         rack_stop = self.n_racks if rack_stop is None else rack_stop

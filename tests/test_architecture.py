@@ -155,11 +155,15 @@ LAYERS: dict[str, set[str]] = {
     "engine": LEAVES | {"config", "model", "workload"},
     "io": LEAVES,
     "analysis": LEAVES | {"engine", "ingest", "model", "workload"},
-    "pipeline": LEAVES | {"backend", "config", "engine", "io", "model", "results", "topology",
-                          "workload"},
+    # content hashes of a run's inputs (config, trace file, model artifacts)
+    "inputs": LEAVES | {"config", "io"},
+    "pipeline": LEAVES | {"backend", "config", "engine", "inputs", "io", "model", "results",
+                          "topology", "workload"},
     "assembly": LEAVES | {"config", "engine", "io", "pipeline", "results", "topology"},
-    "driver": LEAVES | {"assembly", "backend", "config", "distributed", "io", "model",
-                        "pipeline", "results", "topology"},
+    # the cost of a run, estimated before it starts from the config and the kernel's sizes
+    "footprint": LEAVES | {"config", "engine", "pipeline", "workload"},
+    "driver": LEAVES | {"assembly", "backend", "config", "distributed", "footprint", "inputs",
+                        "io", "model", "pipeline", "results", "topology"},
     # the jobs (distributed/jobs.py) call back into driver.generate, the pipeline and the
     # sweep's metrics: see KNOWN_CYCLES
     "distributed": LEAVES | {"config", "driver", "io", "model", "pipeline", "results", "sweep",

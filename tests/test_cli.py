@@ -130,22 +130,24 @@ def test_generate_demo(demo_run, capsys):
         expected.add(f"site_{label(o.site_csv_resolution_s)}.csv")
     assert {"site_1s.parquet", "rows_1s.parquet", "racks_60s.parquet"} <= expected  # the preset
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(expected | {"manifest.json"})
+    assert names == sorted(expected | {"manifest.json", "entities.parquet", "shards.parquet"})
     manifest = json.loads((out / "manifest.json").read_text())
     assert {"format", "distgen_version", "config", "config_hash", "seed", "model_library",
             "grid", "units", "files", "summary"} <= set(manifest)
     assert manifest["format"] == "distgen.run"
     assert manifest["seed"] == cfg.seed and manifest["config"]["duration_s"] == 1800
     assert manifest["grid"]["n_steps"] == 1800 * 4 and manifest["grid"]["interval_s"] == 0.25
-    assert sorted(f["path"] for f in manifest["files"]) == sorted(expected)
+    assert sorted(f["path"] for f in manifest["files"]) == sorted(
+        expected | {"entities.parquet", "shards.parquet"})
     assert manifest["units"]["power"] == "W"
     for name in names:
-        if name.endswith(".parquet"):
+        if name.endswith(".parquet") and name not in ("entities.parquet", "shards.parquet"):
             meta = read_series_metadata(out / name)
             assert meta["grid"]["n_steps"] == 7200 and meta["grid"]["interval_s"] == 0.25
             assert meta["grid"]["start_time"] == cfg.start_time
-            assert all(u in ("W", "s") for u in meta["units"].values())
-            assert "time_s" in meta["units"]
+            assert meta["grid"]["start_utc"] == "2026-07-01T09:00:00+00:00"  # no offset: UTC
+            assert all(u in ("W", "s", "UTC, interval start") for u in meta["units"].values())
+            assert "time_s" in meta["units"] and "timestamp_utc" in meta["units"]
 
 
 def test_generate_quiet_prints_nothing(tmp_path, capsys):

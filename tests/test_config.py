@@ -54,7 +54,9 @@ def test_defaults_load_and_validate():
     cfg = load_config(None)
     assert cfg == RunConfig()
     assert validate(cfg) is cfg
-    assert isinstance(cfg.facility.row_serving, tuple)
+    # no serving mix given: every row runs the default configuration
+    assert cfg.facility.row_serving is None
+    assert expand_row_serving(cfg) == ("qwen3-8b_A100_tp1",) * cfg.facility.rows
     assert isinstance(cfg.output.site_resolutions_s, tuple)
 
 
@@ -443,3 +445,115 @@ def test_only_load_imports_omegaconf():
                    if any(line.lstrip().startswith(("import omegaconf", "from omegaconf"))
                           for line in p.read_text().splitlines()))
     assert users == ["config/load.py"]
+
+
+# --------------------------------------------------------------------------- serving mix
+
+def test_serving_mix_pattern_repeats_over_the_rows():
+    cfg = load_config(None, ["facility.rows=7", "facility.row_serving_pattern=[a,b,b]"])
+    # row r runs pattern[r mod 3]
+    assert expand_row_serving(cfg) == ("a", "b", "b", "a", "b", "b", "a")
+
+
+def test_serving_mix_shares_largest_remainder_and_spread():
+    from distgen.config.serving_mix import mix_report, row_counts
+
+    cfg = load_config(None, ["facility.rows=10",
+                             "facility.row_serving_shares={a: 0.3, b: 0.5, c: 0.2}"])
+    # quotas 3, 5, 2 rows exactly
+    assert row_counts(cfg.facility) == {"a": 3, "b": 5, "c": 2}
+    rows = expand_row_serving(cfg)
+    assert sorted(rows) == ["a"] * 3 + ["b"] * 5 + ["c"] * 2
+    # spread: b (every 2nd row) never runs twice in a row, a and c are not bunched either
+    assert all(x != y or x == "b" for x, y in zip(rows, rows[1:]))
+    assert rows == expand_row_serving(cfg)  # deterministic
+    cfg = load_config(None, ["facility.rows=7", "facility.row_serving_shares={a: 1, b: 1, c: 1}"])
+    # quotas 7/3 = 2.33 each: floors 2+2+2, the one row left goes to the first listed (tie)
+    assert row_counts(cfg.facility) == {"a": 3, "b": 2, "c": 2}
+    assert mix_report(cfg.facility)["requested_shares"] == pytest.approx(
+        {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3})
+
+
+def test_serving_mix_counts_do_not_lay_out_the_rows():
+    """A billion rows are counted from the mix alone (the size check runs before any layout)."""
+    from distgen.config.serving_mix import row_counts
+
+    cfg = load_config(None, ["facility.rows=1000000000", "facility.row_serving_pattern=[a,b,c]"])
+    assert row_counts(cfg.facility) == {"a": 333333334, "b": 333333333, "c": 333333333}
+    cfg = load_config(None, ["facility.rows=1000000000", "facility.row_serving_shares={a: 1}"])
+    assert row_counts(cfg.facility) == {"a": 1000000000}
+
+
+def test_serving_mix_one_form_only_and_named_errors():
+    raises_config(["facility.row_serving=[a]", "facility.row_serving_pattern=[a,b]"],
+                  "facility.row_serving_pattern", "one form only")
+    raises_config(["facility.rows=3", "facility.row_serving=[a,b]"], "facility.row_serving",
+                  "row_serving_pattern")
+    raises_config(["facility.rows=2", "facility.row_serving_pattern=[a,b,c]"],
+                  "facility.row_serving_pattern", "1 to facility.rows = 2")
+    raises_config(["facility.row_serving_shares={a: 0}"], "facility.row_serving_shares.a",
+                  "> 0")
+    raises_config(["facility.row_serving_shares={a: lots}"], "facility.row_serving_shares.a",
+                  "expected float")
+    raises_config(["facility.row_serving_shares={qwen3-8b_A100_tp1: 1, nope_tp1: 1}"],
+                  "facility.row_serving_shares.nope_tp1", "unknown serving configuration",
+                  known_serving=KNOWN)
+    raises_config(["facility.gpus_per_server=2",
+                   "facility.row_serving_pattern=[qwen3-8b_A100_tp1,llama-70b_H100_tp4]"],
+                  "facility.row_serving_pattern[1]", "TP 4", known_serving=KNOWN)
+
+
+# --------------------------------------------------------------------------- seeds, overrides
+
+def test_seed_range_is_that_of_the_64_bit_generator_key():
+    assert load_config(None, [f"seed={2 ** 64 - 1}"]).seed == 2 ** 64 - 1
+    # 2**64 and above would alias smaller seeds (seed=2**70 gave the output of seed=0)
+    raises_config([f"seed={2 ** 64}"], "seed", "2**64")
+    raises_config([f"seed={2 ** 70}"], "seed", "2**64")
+    raises_config(["seed=-1"], "seed", ">= 0")
+
+
+def test_malformed_override_value_is_a_named_error():
+    e = raises_config(["facility.row_serving=[a,"], "facility.row_serving",
+                      "cannot parse the value", "'facility.row_serving=[a,'")
+    assert isinstance(e.__cause__, Exception)  # the YAML parser's error is kept as the cause
+
+
+# --------------------------------------------------------------------------- paths, time
+
+def test_trace_path_in_a_config_file_is_relative_to_that_file(tmp_path, monkeypatch):
+    folder = tmp_path / "site"
+    folder.mkdir()
+    (folder / "trace.csv").write_text("arrival_time_s,input_tokens,output_tokens\n0,1,1\n")
+    p = write(folder, """
+        traffic:
+          mode: replay
+          replay: {path: trace.csv}
+    """)
+    monkeypatch.chdir(tmp_path)  # not the config's folder
+    assert load_config(p).traffic.replay.path == str(folder / "trace.csv")
+    # given on the command line, a path is the user's own: relative to the current folder
+    (tmp_path / "other.csv").write_text("arrival_time_s,input_tokens,output_tokens\n0,1,1\n")
+    assert load_config(p, ["traffic.replay.path=other.csv"]).traffic.replay.path == "other.csv"
+
+
+def test_missing_relative_trace_says_where_it_looked(tmp_path):
+    p = write(tmp_path, """
+        traffic:
+          mode: replay
+          replay: {path: ../traces/azure.csv}
+    """)
+    raises_config([], "traffic.replay.path", str(tmp_path.parent / "traces" / "azure.csv"),
+                  "'../traces/azure.csv'", "relative to that file's folder", path=p)
+
+
+def test_start_time_utc_offset():
+    from distgen.config import start_time_utc, utc_offset_s
+
+    cfg = load_config(None, ["start_time='2026-07-01T09:00:00-05:00'"])
+    assert start_time_utc(cfg).isoformat() == "2026-07-01T14:00:00+00:00"
+    assert utc_offset_s(cfg) == -5 * 3600
+    assert start_hour_of_day(cfg) == 9.0  # the diurnal shape follows the site's own clock
+    cfg = load_config(None, ["start_time='2026-07-01T09:00:00'"])
+    assert start_time_utc(cfg).isoformat() == "2026-07-01T09:00:00+00:00"  # no offset = UTC
+    assert utc_offset_s(cfg) == 0.0

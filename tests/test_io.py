@@ -441,8 +441,9 @@ def test_site_csv_hand_computed(tmp_path):
     assert text.splitlines()[0] == ("interval_start,interval_s,it_power_kw,facility_power_kw,"
                                     "facility_energy_kwh")
     rows = list(csv.DictReader(text.splitlines()))
+    # no offset in start_time: the site clock is UTC, and the file says so
     assert [r["interval_start"] for r in rows] == [
-        "2025-07-01 23:45:00", "2025-07-02 00:00:00", "2025-07-02 00:15:00"]
+        "2025-07-01 23:45:00+00:00", "2025-07-02 00:00:00+00:00", "2025-07-02 00:15:00+00:00"]
     assert [r["interval_s"] for r in rows] == ["900", "900", "900"]
     assert [float(r["it_power_kw"]) for r in rows] == [1000.0, 2000.0, 1500.0]
     assert [float(r["facility_power_kw"]) for r in rows] == [1200.0, 2400.0, 1800.0]
@@ -457,12 +458,29 @@ def test_site_csv_subsecond_intervals(tmp_path):
                           it_power_w=np.full(3, 3600.0), facility_power_w=np.full(3, 7200.0))
     rows = list(csv.DictReader(path.read_text().splitlines()))
     assert [r["interval_start"] for r in rows] == [
-        "2025-01-01 00:00:00.000", "2025-01-01 00:00:00.250", "2025-01-01 00:00:00.500"]
+        "2025-01-01 00:00:00.000+00:00", "2025-01-01 00:00:00.250+00:00",
+        "2025-01-01 00:00:00.500+00:00"]
     assert rows[0]["interval_s"] == "0.25"
-    assert float(rows[0]["facility_energy_kwh"]) == pytest.approx(7.2 * 0.25 / 3600, rel=1e-15)
+    # 7.2 kW for 0.25 s = 0.0005 kWh, printed with 6 significant digits
+    assert rows[0]["facility_energy_kwh"] == "0.0005"
     with pytest.raises(ValueError, match="start_time"):
         write_site_csv(tmp_path / "t.csv", start_time="yesterday", time_s=np.zeros(1),
                        interval_s=1, it_power_w=np.zeros(1), facility_power_w=np.zeros(1))
+
+
+def test_site_csv_keeps_the_utc_offset_and_prints_six_significant_digits(tmp_path):
+    path = write_site_csv(tmp_path / "s.csv", start_time="2026-03-01T23:30:00-05:30",
+                          time_s=np.array([0.0, 1800.0]), interval_s=1800,
+                          it_power_w=np.array([1_234_567.891, 98.76543219]),
+                          facility_power_w=np.array([1_604_938.258, 128.3950618]))
+    rows = list(csv.DictReader(path.read_text().splitlines()))
+    # local wall-clock time as configured, crossing midnight, offset kept
+    assert [r["interval_start"] for r in rows] == ["2026-03-01 23:30:00-05:30",
+                                                   "2026-03-02 00:00:00-05:30"]
+    # 1234.567891 kW -> 1234.57; 0.09876543219 kW -> 0.0987654 (6 significant digits, "%.6g")
+    assert [r["it_power_kw"] for r in rows] == ["1234.57", "0.0987654"]
+    # 1604.938258 kW for half an hour = 802.469129 kWh -> 802.469
+    assert rows[0]["facility_energy_kwh"] == "802.469"
 
 
 # ---------------------------------------------------------------------- request traces

@@ -33,6 +33,8 @@ from distgen.config.validate import (
     output_resolutions,
     parse_start_time,
     start_hour_of_day,
+    start_time_utc,
+    utc_offset_s,
     validate,
 )
 
@@ -42,5 +44,6 @@ __all__ = [
     "BurstConfig", "ConfigFileError", "DiurnalConfig", "FacilityConfig", "ModulationConfig",
     "NonGpuConfig", "OutputConfig", "RayConfig", "ReplayConfig", "RunConfig", "TrafficConfig",
     "config_from_dict", "config_hash", "config_to_dict", "expand_row_serving", "load_config",
-    "output_resolutions", "parse_start_time", "start_hour_of_day", "validate",
+    "output_resolutions", "parse_start_time", "start_hour_of_day", "start_time_utc",
+    "utc_offset_s", "validate",
 ]

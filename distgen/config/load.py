@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import os
 import re
 import types
 import typing
@@ -73,12 +74,16 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (), *,
         overrides = [overrides]
 
     layers = [OmegaConf.create(config_to_dict(RunConfig()))]
+    relative: dict[str, str] = {}  # key -> path as written in the file, when made absolute
     if path is not None:
         data = _read_yaml(Path(path))
         _check_keys(RunConfig, data, "", f"in {path}")
+        relative = _resolve_file_paths(data, Path(path))
         layers.append(OmegaConf.create(_drop_null_sections(RunConfig, data)))
     for ov in overrides:
-        layers.append(_parse_override(ov))
+        layer = _parse_override(ov)
+        relative.pop(ov.split("=", 1)[0].strip(), None)  # an override's path is the user's own
+        layers.append(layer)
 
     try:
         merged = OmegaConf.merge(*layers)
@@ -90,6 +95,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (), *,
         raise ConfigError(str(key), msg) from None
 
     cfg = config_from_dict(data)
+    _check_resolved_paths(cfg, relative, path)
     if check:
         from distgen.config.validate import validate
         validate(cfg)
@@ -122,6 +128,43 @@ def config_hash(cfg) -> str:
 
 # --------------------------------------------------------------------------- file / overrides
 
+#: Keys holding file or folder paths: written in a config file, a relative path is taken
+#: relative to that file's folder (as sweeps do for their base config); given as an override
+#: on the command line, relative to the current folder.
+PATH_KEYS = ("traffic.replay.path", "model_library")
+
+
+def _resolve_file_paths(data: dict, path: Path) -> dict[str, str]:
+    """Make the relative paths of :data:`PATH_KEYS` in ``data`` (one YAML file's keys)
+    absolute, relative to the file's folder; return key -> the path as written."""
+    folder = path.parent
+    written = {}
+    for key in PATH_KEYS:
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        value = node.get(leaf)
+        if isinstance(value, str) and value and "${" not in value \
+                and not Path(value).expanduser().is_absolute():
+            node[leaf] = os.path.abspath(folder / value)
+            written[key] = value
+    return written
+
+
+def _check_resolved_paths(cfg: RunConfig, relative: dict[str, str], path) -> None:
+    """A path made absolute by :func:`_resolve_file_paths` that does not exist is reported
+    with where it was looked for (when the run uses it)."""
+    uses = {"traffic.replay.path": cfg.traffic.mode == "replay",
+            "model_library": cfg.model_library is not None}
+    for key, written in relative.items():
+        value = cfg.traffic.replay.path if key == "traffic.replay.path" else cfg.model_library
+        if uses[key] and not Path(value).exists():
+            raise ConfigError(key, f"not found: {value} (the path {written!r} in {path} is "
+                                   f"taken relative to that file's folder)")
+
 
 def _read_yaml(path: Path) -> dict:
     import yaml
@@ -151,6 +194,7 @@ def _read_yaml(path: Path) -> dict:
 
 
 def _parse_override(ov: str):
+    import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -164,8 +208,12 @@ def _parse_override(ov: str):
                                f"facility.rows")
     try:
         layer = OmegaConf.from_dotlist([f"{key}={value}"])
+    except yaml.YAMLError as e:  # the value is parsed as YAML: '[a,' is not a list
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(key, f"cannot parse the value of override {ov!r} as YAML: {problem} "
+                               f"(lists look like [a,b], mappings like {{a: 1}})") from e
     except OmegaConfBaseException as e:
-        raise ConfigError(key, f"cannot parse override {ov!r}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(key, f"cannot parse override {ov!r}: {str(e).splitlines()[0]}") from e
     data = OmegaConf.to_container(layer, resolve=False)
     _check_keys(RunConfig, data, "", f"in override {ov!r}")
     return OmegaConf.create(_drop_null_sections(RunConfig, data))
@@ -254,6 +302,9 @@ def _type_name(tp) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is tuple:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        k, v = typing.get_args(tp)
+        return f"a mapping of {_type_name(k)} to {_type_name(v)}"
     return {int: "int", float: "float", str: "string", bool: "bool (true/false)"}.get(
         tp, getattr(tp, "__name__", str(tp)))
 
@@ -287,6 +338,12 @@ def _coerce(tp, value, key: str):
                 if e.key != key:  # an element further down (e.g. key[3]) is wrong: say which
                     raise
         raise _type_error(key, tp, value)
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise _type_error(key, tp, value)
+        return {_coerce(key_tp, k, key): _coerce(value_tp, v, f"{key}.{k}")
+                for k, v in value.items()}
     if origin is tuple:
         item = typing.get_args(tp)[0]
         if isinstance(value, (list, tuple)):

@@ -32,8 +32,15 @@ class NonGpuConfig:
 class FacilityConfig:
     """Site topology: rows x racks x servers x GPUs, one serving configuration per row.
 
-    ``row_serving`` holds serving-configuration ids of the model library (e.g.
-    ``qwen3-8b_A100_tp1``): one entry applies to every row, otherwise exactly ``rows`` entries.
+    The serving mix names serving-configuration ids of the model library (e.g.
+    ``qwen3-8b_A100_tp1``) in one of three forms (at most one may be given; none = every row
+    runs ``qwen3-8b_A100_tp1``; see :mod:`distgen.config.serving_mix`):
+
+    * ``row_serving``: one entry for every row, or exactly ``rows`` entries;
+    * ``row_serving_pattern``: a list repeated over the rows (row r runs entry r mod length);
+    * ``row_serving_shares``: ``{id: share}``, relative weights; rows are assigned
+      deterministically (largest remainders, then spread evenly) and reported in the manifest.
+
     ``pue_hourly``, when given, holds 24 values (hour of day 0..23, site local time) and replaces
     the constant ``pue``.
     """
@@ -42,7 +49,9 @@ class FacilityConfig:
     racks_per_row: int = 3
     servers_per_rack: int = 4
     gpus_per_server: int = 8
-    row_serving: tuple[str, ...] = ("qwen3-8b_A100_tp1",)
+    row_serving: tuple[str, ...] | None = None
+    row_serving_pattern: tuple[str, ...] | None = None
+    row_serving_shares: dict[str, float] | None = None
     non_gpu: NonGpuConfig = field(default_factory=NonGpuConfig)
     pue: float = 1.3
     pue_hourly: tuple[float, ...] | None = None
@@ -174,7 +183,10 @@ class RunConfig:
     """A whole generation run.
 
     ``start_time`` is the site-local ISO-8601 time of the first step (sets the hour of day for
-    the diurnal shape and the hourly PUE). ``chunk_s`` is the length of the time chunks that
+    the diurnal shape and the hourly PUE), with the site's UTC offset written in it
+    (``2026-07-01T09:00:00-05:00``; no offset = the site clock is UTC). The offset is fixed
+    for the run (no daylight-saving shifts); outputs carry UTC timestamps and the site CSV
+    keeps the offset. ``seed`` is in [0, 2**64). ``chunk_s`` is the length of the time chunks that
     generation streams through (memory is O(deployments x chunk), not O(duration)).
     ``warmup_s`` runs the fleet for that long before the first output step, at the traffic of
     the start time, so queues and power states start from a loaded steady state rather than an

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from distgen.config.schema import (
@@ -20,9 +20,12 @@ from distgen.config.schema import (
     TRAFFIC_MODES,
     RunConfig,
 )
+from distgen.config.serving_mix import FORMS, mix_form, mix_ids, row_serving_ids
 from distgen.core.grid import INTERVAL_S, is_step_multiple
 from distgen.errors import ConfigError
 
+#: Seeds are 64-bit keys of the random-number generator: [0, 2**64).
+SEED_LIMIT = 2 ** 64
 
 
 # --------------------------------------------------------------------------- helpers
@@ -91,19 +94,14 @@ def _unit_interval(key: str, value) -> float:
 
 
 def expand_row_serving(cfg: RunConfig) -> tuple[str, ...]:
-    """The serving-configuration id of every row (``facility.rows`` entries).
-
-    A one-element ``facility.row_serving`` applies to every row.
-    """
+    """The serving-configuration id of every row (``facility.rows`` entries), from whichever
+    form the serving mix is given in (:mod:`distgen.config.serving_mix`)."""
     fac = cfg.facility
-    rs = tuple(fac.row_serving)
-    if len(rs) == 1:
-        return rs * fac.rows
-    if len(rs) != fac.rows:
+    if fac.row_serving is not None and len(fac.row_serving) not in (1, fac.rows):
         raise ConfigError("facility.row_serving",
                           f"needs 1 entry or one per row (facility.rows = {fac.rows}), "
-                          f"got {len(rs)}")
-    return rs
+                          f"got {len(fac.row_serving)}")
+    return row_serving_ids(fac)
 
 
 def parse_start_time(cfg: RunConfig) -> datetime:
@@ -114,6 +112,21 @@ def parse_start_time(cfg: RunConfig) -> datetime:
         raise ConfigError("start_time",
                           f"must be an ISO-8601 date-time such as '2026-07-01T00:00:00', "
                           f"got {cfg.start_time!r}") from None
+
+
+def start_time_utc(cfg: RunConfig) -> datetime:
+    """``start_time`` as an aware UTC datetime. ``start_time`` is the site's local time; its UTC
+    offset is the one written in it (``2026-07-01T09:00:00-05:00``), none meaning UTC."""
+    t = parse_start_time(cfg)
+    if t.utcoffset() is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return t.astimezone(timezone.utc)
+
+
+def utc_offset_s(cfg: RunConfig) -> float:
+    """[s] UTC offset of the site's clock (from ``start_time``; 0 without an offset)."""
+    offset = parse_start_time(cfg).utcoffset()
+    return offset.total_seconds() if offset is not None else 0.0
 
 
 def start_hour_of_day(cfg: RunConfig) -> float:
@@ -154,6 +167,9 @@ def validate(cfg: RunConfig, *, known_serving: Mapping[str, int] | None = None) 
 
     # ---- run
     _int("seed", cfg.seed, minimum=0)
+    if cfg.seed >= SEED_LIMIT:
+        # the counter-based generator keys on 64 bits: larger seeds would repeat smaller ones
+        raise ConfigError("seed", f"must be below 2**64 = {SEED_LIMIT}, got {cfg.seed}")
     duration = _step_multiple("duration_s", cfg.duration_s)
     parse_start_time(cfg)
     _choice("backend", cfg.backend, BACKENDS)
@@ -209,30 +225,21 @@ def _validate_facility(cfg: RunConfig, known_serving: Mapping[str, int] | None) 
     for name in ("rows", "racks_per_row", "servers_per_rack", "gpus_per_server"):
         _int(f"facility.{name}", getattr(fac, name), minimum=1)
 
-    rs = fac.row_serving
-    if not isinstance(rs, tuple) or len(rs) not in (1, fac.rows):
-        n = len(rs) if isinstance(rs, tuple) else rs
-        raise ConfigError("facility.row_serving",
-                          f"needs 1 entry (used for every row) or exactly facility.rows = "
-                          f"{fac.rows} entries, got {n!r}")
-    for i, sid in enumerate(rs):
-        if not isinstance(sid, str) or not sid:
-            raise ConfigError(f"facility.row_serving[{i}]",
-                              f"must be a serving-configuration id such as "
-                              f"'qwen3-8b_A100_tp1', got {sid!r}")
+    form = _validate_serving_mix(fac)
     if known_serving is not None:
+        rs = mix_ids(fac)
         available = ", ".join(sorted(known_serving)) or "(none)"
         for i, sid in enumerate(rs):
+            key = (f"facility.{form}.{sid}" if form == "row_serving_shares"
+                   else f"facility.{form}[{i}]" if form != "default" else "facility.row_serving")
             if sid not in known_serving:
-                raise ConfigError(f"facility.row_serving[{i}]",
-                                  f"unknown serving configuration {sid!r}; the model library "
-                                  f"has: {available}")
+                raise ConfigError(key, f"unknown serving configuration {sid!r}; the model "
+                                  f"library has: {available}")
             tp = known_serving[sid]
             if not _is_int(tp) or tp < 1 or fac.gpus_per_server % tp:
                 rows = (f"rows 0..{fac.rows - 1} use" if len(rs) == 1 and fac.rows > 1
-                        else f"row {i} uses")
-                raise ConfigError(f"facility.row_serving[{i}]",
-                                  f"{rows} {sid!r} with TP {tp}, which does not divide "
+                        else f"row {i} uses" if form == "row_serving" else "rows use")
+                raise ConfigError(key, f"{rows} {sid!r} with TP {tp}, which does not divide "
                                   f"facility.gpus_per_server = {fac.gpus_per_server}")
 
     _at_least("facility.non_gpu.idle_w", fac.non_gpu.idle_w, 0.0)
@@ -245,6 +252,49 @@ def _validate_facility(cfg: RunConfig, known_serving: Mapping[str, int] | None) 
                               f"needs 24 values (hour 0..23) or null, got {n!r}")
         for h, v in enumerate(fac.pue_hourly):
             _at_least(f"facility.pue_hourly[{h}]", v, 1.0)
+
+
+def _validate_serving_mix(fac) -> str:
+    """Check the serving-mix keys (at most one form, well-formed ids); return the form."""
+    given = [k for k in FORMS if getattr(fac, k) is not None]
+    if len(given) > 1:
+        raise ConfigError(f"facility.{given[1]}",
+                          f"give the serving mix in one form only; facility.{given[0]} is "
+                          f"set too")
+    form = mix_form(fac)
+    id_hint = "must be a serving-configuration id such as 'qwen3-8b_A100_tp1'"
+    if form == "row_serving":
+        rs = fac.row_serving
+        if not isinstance(rs, tuple) or len(rs) not in (1, fac.rows):
+            n = len(rs) if isinstance(rs, tuple) else rs
+            raise ConfigError("facility.row_serving",
+                              f"needs 1 entry (used for every row) or exactly facility.rows = "
+                              f"{fac.rows} entries, got {n!r}; for a repeating block use "
+                              f"facility.row_serving_pattern, for proportions "
+                              f"facility.row_serving_shares")
+    elif form == "row_serving_pattern":
+        rs = fac.row_serving_pattern
+        if not isinstance(rs, tuple) or not 1 <= len(rs) <= fac.rows:
+            n = len(rs) if isinstance(rs, tuple) else rs
+            raise ConfigError("facility.row_serving_pattern",
+                              f"needs 1 to facility.rows = {fac.rows} entries, got {n!r}")
+    elif form == "row_serving_shares":
+        shares = fac.row_serving_shares
+        if not isinstance(shares, Mapping) or not shares:
+            raise ConfigError("facility.row_serving_shares",
+                              f"needs at least one entry id: share, got {shares!r}")
+        for sid, share in shares.items():
+            if not isinstance(sid, str) or not sid:
+                raise ConfigError("facility.row_serving_shares", f"key {sid!r} {id_hint}")
+            x = _num(f"facility.row_serving_shares.{sid}", share)
+            if not x > 0:
+                raise ConfigError(f"facility.row_serving_shares.{sid}",
+                                  f"must be > 0 (a relative share), got {share!r}")
+        return form
+    for i, sid in enumerate(mix_ids(fac)):
+        if not isinstance(sid, str) or not sid:
+            raise ConfigError(f"facility.{form}[{i}]", f"{id_hint}, got {sid!r}")
+    return form
 
 
 def _validate_traffic(cfg: RunConfig) -> None:

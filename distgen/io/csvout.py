@@ -1,14 +1,16 @@
 """The site trace as a CSV a utility planner can open in a spreadsheet.
 
-Columns: ``interval_start`` (local wall-clock time, ``YYYY-MM-DD HH:MM:SS[.fff]``),
-``interval_s`` [s], ``it_power_kw`` [kW], ``facility_power_kw`` [kW] and
-``facility_energy_kwh`` [kWh] = facility_power_kw * interval_s / 3600 (the energy drawn in
-that interval, so the column sums to the period's energy). No comment lines; one header row.
+Columns: ``interval_start`` (site-local wall-clock time with its UTC offset,
+``YYYY-MM-DD HH:MM:SS[.fff]+HH:MM``), ``interval_s`` [s], ``it_power_kw`` [kW],
+``facility_power_kw`` [kW] and ``facility_energy_kwh`` [kWh] = facility_power_kw * interval_s /
+3600 (the energy drawn in that interval, so the column sums to the period's energy). Values are
+printed with 6 significant digits (well beyond the model's accuracy; a day at 15 minutes stays
+a small file). No comment lines; one header row.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +22,22 @@ from distgen.io.outdir import atomic_path, commit_file
 
 SITE_CSV_COLUMNS = ("interval_start", "interval_s", "it_power_kw", "facility_power_kw",
                     "facility_energy_kwh")
+SIGNIFICANT_DIGITS = 6
 _W_PER_KW = 1000.0
 _S_PER_H = 3600.0
 
 
 def _interval_starts(start_time: str, time_s: np.ndarray) -> pa.Array:
-    """Local wall-clock text of ``start_time + time_s`` (offset dropped, no DST shifts)."""
+    """Local wall-clock text of ``start_time + time_s`` with the UTC offset of ``start_time``
+    (``+00:00`` when it has none: the site clock is UTC). A fixed offset: no DST shifts."""
     try:
         start = datetime.fromisoformat(start_time)
-    except (TypeError, ValueError):
-        raise ValueError(f"start_time {start_time!r} is not an ISO 8601 date/time") from None
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"start_time {start_time!r} is not an ISO 8601 date/time") from exc
+    offset = start.utcoffset() or timedelta(0)
+    sign = "-" if offset < timedelta(0) else "+"
+    minutes = abs(int(offset.total_seconds())) // 60
+    suffix = f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
     start = start.replace(tzinfo=None)  # local time as written in start_time
     offset_us = np.round(time_s * 1e6).astype(np.int64)
     stamps = np.datetime64(start, "us") + offset_us.astype("timedelta64[us]")
@@ -40,7 +48,13 @@ def _interval_starts(start_time: str, time_s: np.ndarray) -> pa.Array:
     else:
         unit = "us"
     arr = pa.array(stamps.astype(f"datetime64[{unit}]"))
-    return pc.strftime(arr, format="%Y-%m-%d %H:%M:%S")
+    text = pc.strftime(arr, format="%Y-%m-%d %H:%M:%S")
+    return pc.binary_join_element_wise(text, pa.scalar(suffix), "")
+
+
+def _significant(values: np.ndarray, digits: int = SIGNIFICANT_DIGITS) -> pa.Array:
+    """Numbers as text with ``digits`` significant digits (``1234567.0 -> '1.23457e+06'``)."""
+    return pa.array(np.char.mod(f"%.{digits}g", np.asarray(values, np.float64)))
 
 
 def write_site_csv(path: str | Path, *, start_time: str, time_s: np.ndarray,
@@ -51,8 +65,8 @@ def write_site_csv(path: str | Path, *, start_time: str, time_s: np.ndarray,
     Parameters
     ----------
     path : the CSV file to write (replaced only once complete).
-    start_time : ISO 8601 local date/time of the run start (``time_s == 0``); a UTC offset,
-        if present, is dropped (times stay in the local clock given).
+    start_time : ISO 8601 site-local date/time of the run start (``time_s == 0``), with its
+        UTC offset (none = UTC); the offset is kept in every ``interval_start``.
     time_s : [s] (n,) interval starts since the run start.
     interval_s : [s] interval length, scalar or (n,).
     it_power_w : [W] (n,) mean IT power in each interval.
@@ -80,9 +94,9 @@ def write_site_csv(path: str | Path, *, start_time: str, time_s: np.ndarray,
     table = pa.table({
         "interval_start": _interval_starts(start_time, t),
         "interval_s": interval_col,
-        "it_power_kw": pa.array(it_w / _W_PER_KW),
-        "facility_power_kw": pa.array(fac_kw),
-        "facility_energy_kwh": pa.array(energy_kwh),
+        "it_power_kw": _significant(it_w / _W_PER_KW),
+        "facility_power_kw": _significant(fac_kw),
+        "facility_energy_kwh": _significant(energy_kwh),
     })
     tmp = atomic_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,10 @@ progress or one that was interrupted). The life of a run folder:
 3. :func:`finalize_output_dir` — write ``manifest.json`` atomically, *then* remove the marker
    and ``.parts/``. A folder with a manifest is therefore complete.
 
+While a run writes into a folder it holds the folder's lock (:class:`OutputLock`): a second run
+into the same folder is refused, naming the first one's pid; the lock of a run that was killed
+does not block anyone.
+
 Temporary files are hidden (leading dot), sit in the same folder as their final file (so
 ``os.replace`` is atomic) and carry the writer's pid.
 """
@@ -20,15 +24,20 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
+import socket
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from distgen.errors import DistgenError
+from distgen.errors import DistgenError, os_error_text
 
 MANIFEST_NAME = "manifest.json"
 MARKER_NAME = ".distgen-incomplete"
+LOCK_NAME = ".distgen-lock"
+#: A lock file younger than this that cannot be read yet is being written by its owner.
+LOCK_WRITE_GRACE_S = 10.0
 PARTS_DIR_NAME = ".parts"
 RUN_FORMAT = "distgen.run"
 TMP_INFIX = ".distgen-tmp-"
@@ -223,7 +232,260 @@ def _write_marker(folder: Path, previous_files: list[str]) -> None:
     })
 
 
+# --------------------------------------------------------------------------- lock
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _process_start_ticks(pid: int) -> str | None:
+    """Start time of process ``pid`` in clock ticks since boot (``/proc/PID/stat`` field 22), or
+    None when no such process exists. With the pid it names one process across pid reuse."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    return stat[stat.rindex(")") + 2:].split()[19]  # fields after "pid (comm) "
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def lock_owner_alive(owner: dict) -> bool | None:
+    """Whether the run that wrote lock record ``owner`` still runs.
+
+    True / False on the machine that wrote it (same host name and boot): the pid exists and,
+    where ``/proc`` tells, started at the recorded time (so a reused pid does not count).
+    None for a lock written on another machine (a shared file system): it cannot be checked
+    from here.
+    """
+    if owner.get("host") != socket.gethostname() or owner.get("boot_id", "") != _boot_id():
+        return None
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    ticks = _process_start_ticks(pid)
+    if ticks is not None and owner.get("process_start"):
+        return ticks == owner["process_start"]
+    return _pid_exists(pid)
+
+
+class OutputLock:
+    """An exclusive lock on a run folder, held while a run writes into it.
+
+    The lock is the file ``.distgen-lock``, created with ``O_CREAT | O_EXCL`` (atomic on local
+    file systems and on NFS v3+) holding its owner: pid, host name, boot id, the process start
+    time and a random token. Another run finding it is refused with a
+    :class:`~distgen.errors.DistgenError` naming the owner, unless the owner is dead
+    (:func:`lock_owner_alive`): a killed run's lock is taken over. A lock from another machine
+    is never taken over (its owner cannot be checked); the message says how to remove it.
+
+    Use as a context manager; the lock is released (its file removed, if still ours) on exit.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self.token = secrets.token_hex(8)
+        self._held = False
+
+    def _record(self) -> dict:
+        pid = os.getpid()
+        return {"format": "distgen.lock", "pid": pid, "host": socket.gethostname(),
+                "boot_id": _boot_id(), "process_start": _process_start_ticks(pid),
+                "started_at": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+                "token": self.token}
+
+    def _create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, (json.dumps(self._record()) + "\n").encode("utf-8"))
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            self.path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return True
+
+    def _refuse(self, owner: dict, alive: bool | None) -> DistgenError:
+        who = (f"pid {owner.get('pid')} on {owner.get('host')}, started "
+               f"{owner.get('started_at')}")
+        if alive is None:
+            return DistgenError(
+                f"output folder {self.folder} is locked by a distgen run on another machine "
+                f"({who}); wait for it, or if that run is gone delete {self.path}")
+        return DistgenError(f"output folder {self.folder} is in use by another distgen run "
+                            f"({who}); wait for it to finish or choose another --out")
+
+    def _take_over(self, owner: dict) -> None:
+        """Remove the lock of the dead ``owner`` (and nothing else)."""
+        aside = self.path.with_name(f"{LOCK_NAME}.stale-{self.token}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return  # someone else removed it first
+        moved = _read_json_quiet(aside)
+        if isinstance(moved, dict) and moved.get("token") != owner.get("token"):
+            # a live run replaced the stale lock between our read and the rename: put it back
+            try:
+                os.link(aside, self.path)
+            except FileExistsError:
+                pass
+            aside.unlink(missing_ok=True)
+            raise self._refuse(moved, lock_owner_alive(moved))
+        aside.unlink(missing_ok=True)
+
+    def acquire(self) -> "OutputLock":
+        for _ in range(5):
+            if self._create():
+                self._held = True
+                return self
+            owner = _read_json_quiet(self.path)
+            if not isinstance(owner, dict):
+                try:
+                    age_s = time.time() - self.path.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+                if age_s < LOCK_WRITE_GRACE_S:  # its owner is still writing it
+                    time.sleep(0.2)
+                    continue
+                owner = {}
+            alive = lock_owner_alive(owner) if owner else False
+            if alive is not False:
+                raise self._refuse(owner, alive)
+            self._take_over(owner)
+        raise DistgenError(f"could not lock output folder {self.folder}: {self.path} keeps "
+                           f"changing (several runs starting at once?)")
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        doc = _read_json_quiet(self.path)
+        if isinstance(doc, dict) and doc.get("token") == self.token:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 # --------------------------------------------------------------------------- lifecycle
+
+def check_output_target(path: str | Path, *, resume: bool = False) -> Path:
+    """Refuse an output path that cannot become a run folder, before anything is created.
+
+    Raises
+    ------
+    DistgenError : ``path`` is a file; ``resume`` and ``path`` does not exist (nothing to
+        resume, and no empty folder is left behind); the folder cannot be created or written
+        (names the folder and the system's reason).
+    """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise DistgenError(f"output path {folder} exists and is not a folder")
+    if resume and not folder.is_dir():
+        raise DistgenError(f"cannot resume in {folder}: the folder does not exist (run without "
+                           f"--resume to start the run)")
+    check_writable_folder(folder, what="output folder")
+    return folder
+
+
+def check_writable_folder(path: str | Path, *, what: str = "folder") -> None:
+    """Raise a DistgenError unless a file can be created in ``path`` (or, when it does not
+    exist yet, in its nearest existing parent, where it would be created).
+
+    The check creates and removes a hidden probe file: permissions alone do not tell (a
+    read-only mount, root, ACLs), and a full disk cannot be seen before a write.
+    """
+    folder = Path(path)
+    probe_in = folder
+    while not probe_in.exists():
+        if probe_in.parent == probe_in:
+            break
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        raise DistgenError(f"cannot create {what} {folder}: {probe_in} is not a folder")
+    probe = probe_in / f".distgen-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        with open(probe, "wb") as fh:
+            fh.write(b"distgen write check\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        where = "" if probe_in == folder else f" (it would be created in {probe_in})"
+        raise DistgenError(f"cannot write to {what} {folder}{where}: "
+                           f"{os_error_text(exc).split(': ', 1)[-1]}") from exc
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+
+
+def check_output_file(path: str | Path, *, what: str = "output file") -> None:
+    """Raise a DistgenError unless ``path`` can be written as a file: its folder exists and
+    takes files, and ``path`` is not a folder. For checks before work whose result would be
+    lost if the write failed at the end."""
+    target = Path(path)
+    if target.is_dir():
+        raise DistgenError(f"cannot write {what} {target}: it is a folder")
+    folder = target.parent
+    if not folder.is_dir():
+        raise DistgenError(f"cannot write {what} {target}: folder {folder} does not exist")
+    check_writable_folder(folder, what=f"the folder of {what}")
+
+
+def check_artifact_folder(path: str | Path, *, artifact_format: str,
+                          overwrite: bool = False) -> None:
+    """Check a folder that JSON artifacts (e.g. fitted power models) are about to be written to,
+    before the work: it is a folder (or can be created) that takes files, and it holds nothing
+    but such artifacts (``"format": artifact_format``) and hidden files unless ``overwrite``."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise DistgenError(f"output path {folder} exists and is not a folder")
+    check_writable_folder(folder, what="output folder")
+    if overwrite or not folder.is_dir():
+        return
+    foreign = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        doc = _read_json_quiet(entry) if entry.suffix == ".json" and entry.is_file() else None
+        if not (isinstance(doc, dict) and doc.get("format") == artifact_format):
+            foreign.append(entry.name)
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise DistgenError(f"output folder {folder} holds files that distgen did not write "
+                           f"({', '.join(foreign[:3])}{more}); pass --overwrite to write into "
+                           f"it anyway (those files are kept) or pick another folder")
+
+
+def interrupted_shards(path: str | Path) -> int:
+    """Number of finished shards an interrupted run left in ``path`` (0 when none, or when the
+    folder is not an interrupted run)."""
+    folder = Path(path)
+    if not (folder / MARKER_NAME).is_file() or is_complete(folder):
+        return 0
+    parts = folder / PARTS_DIR_NAME
+    return len(list(parts.glob("shard-*.json"))) if parts.is_dir() else 0
+
 
 def prepare_output_dir(path: str | Path, *, overwrite: bool = False,
                        resume: bool = False) -> Path:
@@ -256,6 +518,9 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool = False,
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise DistgenError(f"output path {folder} exists and is not a folder")
+    if resume and not folder.is_dir():
+        raise DistgenError(f"cannot resume in {folder}: the folder does not exist (run without "
+                           f"--resume to start the run)")
     folder.mkdir(parents=True, exist_ok=True)
 
     manifest = _manifest_doc(folder)
@@ -281,7 +546,7 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool = False,
         return folder
 
     if not ours:
-        if any(folder.iterdir()) and not overwrite:
+        if any(e.name != LOCK_NAME for e in folder.iterdir()) and not overwrite:
             raise DistgenError(
                 f"output folder {folder} is not empty and was not written by distgen; pass "
                 f"--overwrite to write into it anyway (its other files are kept) or pick "

@@ -1,15 +1,18 @@
 """Power series as Parquet, written in a stream of time chunks with bounded memory.
 
-One file per level: ``site.parquet`` (``time_s``, ``it_power_w``, ``facility_power_w``) or an
-entity level such as ``rows.parquet`` (``time_s``, ``row_id``, ``power_w``) in long format,
-time-major: for each time step, one row per entity. ``time_s`` [s] is the start of each
-block, counted from the run start. The schema metadata (key ``distgen``) repeats the level,
+One file per level: ``site.parquet`` (``time_s``, ``timestamp_utc``, ``it_power_w``,
+``facility_power_w``) or an entity level such as ``rows.parquet`` (``time_s``,
+``timestamp_utc``, ``row_id``, ``power_w``) in long format, time-major: for each time step, one
+row per entity. ``time_s`` [s] is the start of each block (interval), counted from the run
+start; ``timestamp_utc`` is the same instant as a UTC timestamp (millisecond precision), written
+when the grid gives ``start_utc``. The schema metadata (key ``distgen``) repeats the level,
 resolution, units and time grid, so a file is self-describing.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +42,9 @@ class SeriesWriter:
     entity_column : int64 id column (``"row_id"``, ``"rack_id"``, ...) or None for the site.
     units : column -> unit (``{"power_w": "W"}``); every value column needs one; ``time_s``
         defaults to ``"s"``.
-    grid : the time grid, at least ``start_time`` (ISO text), ``interval_s`` [s], ``n_steps``.
+    grid : the time grid, at least ``start_time`` (ISO text), ``interval_s`` [s], ``n_steps``;
+        with ``start_utc`` (ISO text with offset, the run start in UTC) the file gets the
+        column ``timestamp_utc``.
     metadata : further JSON-serialisable facts stored under ``"metadata"``.
     compression : Parquet codec (``"zstd"`` by default).
     row_group_rows : rows buffered before a row group is written (bounds memory: about
@@ -70,6 +75,16 @@ class SeriesWriter:
         self.units = {"time_s": "s", **units}
         self._row_group_rows = int(row_group_rows)
         fields = [pa.field("time_s", pa.float64(), nullable=False)]
+        self._start_utc_ms = None
+        if grid.get("start_utc"):
+            start = datetime.fromisoformat(grid["start_utc"])
+            if start.utcoffset() is None:
+                raise ValueError(f"grid start_utc {grid['start_utc']!r} has no UTC offset")
+            self._start_utc_ms = round(start.timestamp() * 1000)
+            self.units["timestamp_utc"] = "UTC, interval start"
+            names.insert(1, "timestamp_utc")
+            fields.append(pa.field("timestamp_utc", pa.timestamp("ms", tz="UTC"),
+                                   nullable=False))
         if entity_column:
             fields.append(pa.field(entity_column, pa.int64(), nullable=False))
         fields += [pa.field(c, pa.float64(), nullable=False) for c in self.value_columns]
@@ -131,7 +146,8 @@ class SeriesWriter:
                 raise ValueError(f"{self.path.name}: entity_ids are required on the first chunk")
             ids = self._entity_ids
             n_e = ids.size
-            cols = [np.repeat(t, n_e), np.tile(ids, n_t)]
+            cols = [np.repeat(t, n_e)] + [np.repeat(c, n_e) for c in self._stamps(t)] + \
+                [np.tile(ids, n_t)]
             for c in self.value_columns:
                 v = np.asarray(values[c])
                 if v.shape != (n_t, n_e):
@@ -141,7 +157,7 @@ class SeriesWriter:
         else:
             if entity_ids is not None:
                 raise ValueError(f"{self.path.name}: level {self.level!r} has no entity column")
-            cols = [t]
+            cols = [t] + self._stamps(t)
             for c in self.value_columns:
                 v = np.asarray(values[c])
                 if v.shape != (n_t,):
@@ -158,6 +174,13 @@ class SeriesWriter:
         self._rows += n
         if self._buffered >= self._row_group_rows:
             self._flush(final=False)
+
+    def _stamps(self, time_s: np.ndarray) -> list[np.ndarray]:
+        """The ``timestamp_utc`` column for block starts ``time_s`` (none without start_utc)."""
+        if self._start_utc_ms is None:
+            return []
+        ms = self._start_utc_ms + np.round(time_s * 1000.0).astype(np.int64)
+        return [ms.astype("datetime64[ms]")]
 
     def _flush(self, *, final: bool) -> None:
         """Write full row groups from the buffer (and the remainder when ``final``)."""

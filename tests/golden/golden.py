@@ -39,12 +39,16 @@ def run_config(name: str):
 
 
 def series_digest(path: Path) -> str:
-    """sha256 over the column names and float64 values of a series file."""
+    """sha256 over the names and float64 values of a series file's generated columns:
+    ``time_s``, the entity id and the value columns (``timestamp_utc`` only restates
+    ``time_s``)."""
     from distgen.io.series import read_series
 
-    cols, _ = read_series(path)
+    cols, meta = read_series(path)
+    pinned = ["time_s", *([meta["entity_column"]] if meta.get("entity_column") else []),
+              *meta["value_columns"]]
     h = hashlib.sha256()
-    for name in sorted(cols):
+    for name in sorted(pinned):
         h.update(name.encode())
         h.update(np.ascontiguousarray(cols[name], dtype="<f8").tobytes())
     return h.hexdigest()
