@@ -564,6 +564,11 @@ def test_trace_cached_tokens_column(tmp_path):
     ("timestamp,input_tokens,output_tokens\n2024-01-01 00:00:00,1,1\n"
      "2024-01-01 00:00:00Z,1,1\n", 3, "timestamp", "offset"),
     ("timestamp,input_tokens,output_tokens\n1.0,1,1\n2.0,1\n", 3, None, "fields"),
+    # a nan in a column of seconds is blamed on its own line (not on the first row)
+    ("arrival_time_s,input_tokens,output_tokens\n0.5,10,10\n1.0,10,10\nnan,5,5\n2,3,3\n", 4,
+     "arrival_time_s", "'nan' is not a number of seconds"),
+    ("arrival_time_s,input_tokens,output_tokens\n0.5,10,10\n,5,5\n", 3, "arrival_time_s",
+     "'' is not a number of seconds"),
 ])
 def test_trace_bad_values(tmp_path, text, line, column, fragment):
     p = _csv(tmp_path, text)

@@ -178,8 +178,14 @@ def _parses(value: str, target: pa.DataType) -> bool:
 def _arrival_s(path: Path, name: str, col: pa.Array) -> np.ndarray:
     """[s] Arrival times: seconds as given, or date/times as seconds since their minimum."""
     text = pc.utf8_trim_whitespace(col)
-    if _first_bad(pc.match_substring_regex(text, _NUMBER_RE)) is None:
+    bad = _first_bad(pc.match_substring_regex(text, _NUMBER_RE))
+    if bad is None:
         return pc.cast(text, pa.float64()).to_numpy(zero_copy_only=False)
+    if bad > 0 and re.match(_NUMBER_RE, text[0].as_py() or ""):
+        # a column of seconds with one bad value ("nan", "", "inf", text): blame that line
+        value = text[bad].as_py()
+        raise InputError(path, f"{value!r} is not a number of seconds (the rows before it "
+                         f"are)", line=_file_line(path, bad), column=name)
     for target in (pa.timestamp("ns"), pa.timestamp("ns", tz="UTC")):
         try:
             stamps = pc.cast(text, target)

@@ -40,7 +40,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy.signal import lfilter
 
 from distgen.core.rng import (KIND_DEPLOYMENT, KIND_RACK, KIND_ROW, KIND_SITE, STREAM_RATE,
                                 entity_key, normal, uniform01)
@@ -119,6 +118,8 @@ def _ar1_block(keys: np.ndarray, x_prev: np.ndarray | None, k0: int, n: int,
 
     ``x_prev`` is None exactly when k0 == 0 (stationary start x_0 = e_0).
     """
+    from scipy.signal import lfilter  # imported here: scipy.signal takes ~0.8 s to import
+
     e = normal(keys[:, None], np.arange(k0, k0 + n, dtype=np.uint64)[None, :])
     e = np.ascontiguousarray(e, np.float64)
     scale = np.sqrt(1.0 - phi * phi)
