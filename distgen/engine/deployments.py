@@ -9,7 +9,7 @@ from scipy.special import gammaincinv, ndtr
 
 from distgen.core.grid import INTERVAL_S
 from distgen.core.rng import KIND_DEPLOYMENT, KIND_REQUEST, entity_key
-from distgen.engine.kernel import fleet_kernel
+from distgen.engine.hostkernel import cpu_kernel
 from distgen.engine.records import (MODE_REPLAY, MODE_SYNTHETIC, N_STATS, CarriedState, Chunk,
                                     Deployments, ModelTables, Outputs, ReplayInputs,
                                     SyntheticInputs)
@@ -156,13 +156,18 @@ class DeploymentBatch:
     deployment_uid : (D,) stable ids (key the random numbers).
     target_index : (D,) row of the target array each deployment's power is added to.
     seed : run seed.
+    kernel : the kernel implementation, a function with :func:`~distgen.engine.kernel.
+        fleet_kernel`'s signature (default: :func:`~distgen.engine.hostkernel.cpu_kernel`, the
+        Numba kernel or the C build of the GPU kernel's source, which give the same bits).
     """
 
     def __init__(self, models: PackedModels, model_index, deployment_uid, target_index, seed: int,
-                 *, queue_capacity: int = DEFAULT_QUEUE_CAPACITY, interval_s: float = INTERVAL_S):
+                 *, queue_capacity: int = DEFAULT_QUEUE_CAPACITY, interval_s: float = INTERVAL_S,
+                 kernel=None):
         uid = np.asarray(deployment_uid, np.int64)
         n = uid.shape[0]
         self.models = models
+        self.kernel = kernel or cpu_kernel()
         self.interval_s = float(interval_s)
         self.deployments = Deployments(
             state_key=entity_key(seed, KIND_DEPLOYMENT, uid),
@@ -222,9 +227,9 @@ class DeploymentBatch:
                                replay.input_tokens, replay.cached_tokens, replay.output_tokens)
         if deployment_mw is None:
             deployment_mw = np.zeros((0, 0), np.int32)
-        fleet_kernel(Chunk(int(step0), int(n_steps), self.interval_s, mode, int(count_from_step)),
-                     self.deployments, self.models.tables, syn, rep, self.state,
-                     Outputs(target_mw, deployment_mw, self.stats))
+        self.kernel(Chunk(int(step0), int(n_steps), self.interval_s, mode, int(count_from_step)),
+                    self.deployments, self.models.tables, syn, rep, self.state,
+                    Outputs(target_mw, deployment_mw, self.stats))
 
 
 def replay_power(model: PowerModel, arrival_s, input_tokens, output_tokens, n_steps: int,
