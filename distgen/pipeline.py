@@ -22,12 +22,13 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from distgen.backend import resolve_backend
+from distgen.backend import make_device, resolve_backend
 from distgen.config.schema import RunConfig
 from distgen.config.validate import expand_row_serving, start_hour_of_day, validate
 from distgen.core.grid import INTERVAL_S, steps_of
 from distgen.engine.deployments import (DeploymentBatch, PackedModels, ReplayArrivals,
                                         SyntheticArrivals, gamma_gap_quantiles)
+from distgen.engine.gpukernel import DeviceDeploymentBatch, NVRTC_OPTIONS, SOURCE
 from distgen.engine.records import (S_ARRIVED, S_BUSY_S, S_DECODE_TOKENS, S_OUTSIDE_ENVELOPE,
                                     S_PREFILL_TOKENS, S_RUNNING_SUM)
 from distgen.engine.reduce import non_gpu_mw, sum_groups
@@ -38,7 +39,8 @@ from distgen.results import ShardSummary, WorkloadSummary
 from distgen.topology import Shard, Topology, plan_shards
 from distgen.workload.rates import rate_multipliers, rate_state_init
 
-#: Chunk steps are capped so that one chunk's (servers x steps) int64 array stays near this.
+#: Chunk steps are capped so that one chunk's (servers x steps) int64 array stays near this
+#: (on a GPU: ``device.chunk_elements``, longer launches).
 CHUNK_ELEMENTS = 1 << 22
 
 ProgressFn = Callable[[int], None]
@@ -82,7 +84,7 @@ class RunPlan:
 def plan_run(config: RunConfig, library: ModelLibrary) -> RunPlan:
     """Validate ``config`` against the model library and lay out topology, shards and streams."""
     validate(config, known_serving=library.tp_by_config)
-    resolve_backend(config.backend)
+    resolve_backend(config.backend, remote_gpus=config.ray.num_gpus_per_task > 0)
     row_serving = expand_row_serving(config)
     f = config.facility
     topology = Topology(f.rows, f.racks_per_row, f.servers_per_rack, f.gpus_per_server,
@@ -120,35 +122,58 @@ class ShardChunk:
 class ShardGenerator:
     """Iterates over the time chunks of one shard (see :class:`ShardChunk`).
 
-    After the iteration, :meth:`workload` describes the shard's work.
+    After the iteration, :meth:`workload` describes the shard's work. ``device`` runs the
+    kernel and the reductions on a GPU (:func:`distgen.backend.make_device`; default: the
+    config's ``backend`` where this runs); the chunks' arrays then live on the device
+    (``xp``, ``to_host``).
     """
 
     def __init__(self, plan: RunPlan, shard: Shard, library: ModelLibrary,
-                 replay_requests: "ReplayRequests | None" = None):
+                 replay_requests: "ReplayRequests | None" = None, device=None):
         cfg = plan.config
         t = plan.topology
         self.plan = plan
         self.shard = shard
         self.fleet = fleet = t.fleet(shard.rack_start, shard.rack_stop)
+        if device is None:
+            backend = resolve_backend(cfg.backend)
+            device = make_device(backend, SOURCE.read_text(), NVRTC_OPTIONS)
+        self.device = device
+        self.xp = np if device is None else device.xp
+        self.to_host = np.asarray if device is None else device.to_host
         configs = sorted({t.row_serving[r] for r in np.unique(fleet.deployment_row)})
         models = [library[c] for c in configs]
         row_model = np.array([configs.index(c) if c in configs else -1 for c in t.row_serving],
                              np.int32)
         model_index = row_model[fleet.deployment_row]
-        self.batch = DeploymentBatch(PackedModels.pack(models), model_index, fleet.deployment_uid,
-                                     fleet.deployment_server_index, cfg.seed,
-                                     interval_s=INTERVAL_S)
-        dep_idle = np.array([m.idle_w for m in models])[model_index]
-        dep_tdp = np.array([m.tdp_w for m in models])[model_index]
         n_srv = fleet.n_servers
-        self.server_idle_w = np.bincount(fleet.deployment_server_index, dep_idle, n_srv)
-        self.server_tdp_w = np.bincount(fleet.deployment_server_index, dep_tdp, n_srv)
-        self.server_rack = fleet.server_uid // t.servers_per_rack
-        self.rack_row = fleet.rack_uid // t.racks_per_row
         self.want_deployments = "deployments" in plan.level_factors
         self.chunk_steps = max(16, min(steps_of(cfg.chunk_s),
-                                       CHUNK_ELEMENTS // max(n_srv, 1),
+                                       (CHUNK_ELEMENTS if device is None
+                                        else device.chunk_elements) // max(n_srv, 1),
                                        plan.n_steps))
+        if device is None:
+            self.batch = DeploymentBatch(PackedModels.pack(models), model_index,
+                                         fleet.deployment_uid, fleet.deployment_server_index,
+                                         cfg.seed, interval_s=INTERVAL_S)
+        else:
+            # chunk buffers beside the state: servers and two temporaries of its size, racks
+            # and rows, per-deployment power when kept
+            reserve = self.chunk_steps * (4 * 8 * n_srv + (4 * fleet.n_deployments
+                                                           if self.want_deployments else 0))
+            self.batch = DeviceDeploymentBatch(PackedModels.pack(models), model_index,
+                                               fleet.deployment_uid,
+                                               fleet.deployment_server_index, cfg.seed,
+                                               device=device, interval_s=INTERVAL_S,
+                                               reserve_bytes=reserve)
+        dep_idle = np.array([m.idle_w for m in models])[model_index]
+        dep_tdp = np.array([m.tdp_w for m in models])[model_index]
+        self.server_idle_w = self.xp.asarray(
+            np.bincount(fleet.deployment_server_index, dep_idle, n_srv))
+        self.server_tdp_w = self.xp.asarray(
+            np.bincount(fleet.deployment_server_index, dep_tdp, n_srv))
+        self.server_rack = fleet.server_uid // t.servers_per_rack
+        self.rack_row = fleet.rack_uid // t.racks_per_row
         traffic = cfg.traffic
         self.warmup_steps = steps_of(cfg.warmup_s)
         self.replay = None
@@ -200,19 +225,20 @@ class ShardGenerator:
         cfg = self.plan.config
         non_gpu = cfg.facility.non_gpu
         w = self.warmup_steps
+        xp = self.xp
         for step0 in range(0, w, self.chunk_steps):  # warm-up: run, keep nothing
             n = min(self.chunk_steps, w - step0)
-            self._advance(step0, n, np.zeros((self.fleet.n_servers, n), np.int64), None)
+            self._advance(step0, n, xp.zeros((self.fleet.n_servers, n), np.int64), None)
         for out0 in range(0, self.plan.n_steps, self.chunk_steps):
             n = min(self.chunk_steps, self.plan.n_steps - out0)
-            servers = np.zeros((self.fleet.n_servers, n), np.int64)
-            deployments = (np.zeros((self.fleet.n_deployments, n), np.int32)
+            servers = xp.zeros((self.fleet.n_servers, n), np.int64)
+            deployments = (xp.zeros((self.fleet.n_deployments, n), np.int32)
                            if self.want_deployments else None)
             self._advance(w + out0, n, servers, deployments)
             servers += non_gpu_mw(servers, self.server_idle_w, self.server_tdp_w,
-                                  non_gpu.idle_w, non_gpu.activity_w)
-            racks = sum_groups(servers, self.server_rack)
-            rows = sum_groups(racks, self.rack_row)
+                                  non_gpu.idle_w, non_gpu.activity_w, xp=xp)
+            racks = sum_groups(servers, self.server_rack, xp=xp)
+            rows = sum_groups(racks, self.rack_row, xp=xp)
             yield ShardChunk(out0, servers, racks, rows, deployments)
 
     def workload(self, deployments: np.ndarray | None = None) -> WorkloadSummary:
@@ -255,18 +281,20 @@ def shard_streams(plan: RunPlan, shard: Shard) -> dict[str, tuple[np.ndarray, in
 
 def run_shard(plan: RunPlan, shard: Shard, library: ModelLibrary, parts_dir,
               *, replay_requests: "ReplayRequests | None" = None,
-              progress: ProgressFn | None = None) -> ShardSummary:
+              progress: ProgressFn | None = None, device=None) -> ShardSummary:
     """Generate one shard and commit its streams under ``parts_dir`` (idempotent on retry).
 
-    Returns the shard's summary (also stored in its done marker).
+    Returns the shard's summary (also stored in its done marker). On a ``device`` (see
+    :class:`ShardGenerator`) the block sums are taken there and only the persisted streams
+    come back to the host.
     """
     from distgen.io.parts import PartWriter  # io owns the files; imported where used
 
     t0 = time.perf_counter()
     inputs = plan.inputs or run_inputs(plan.config, library, plan.topology.row_serving)
-    gen = ShardGenerator(plan, shard, library, replay_requests)
+    gen = ShardGenerator(plan, shard, library, replay_requests, device=device)
     streams = shard_streams(plan, shard)
-    summers = {name: BlockSummer(ids.size, int(name.rsplit("_", 1)[1]))
+    summers = {name: BlockSummer(ids.size, int(name.rsplit("_", 1)[1]), xp=gen.xp)
                for name, (ids, _) in streams.items()}
     written = dict.fromkeys(streams, 0)
     with PartWriter(parts_dir, shard.index, streams) as writer:
@@ -274,7 +302,7 @@ def run_shard(plan: RunPlan, shard: Shard, library: ModelLibrary, parts_dir,
             for name, summer in summers.items():
                 sums = summer.push(getattr(chunk, name.rsplit("_", 1)[0]))
                 if sums.shape[1]:
-                    writer.write(name, written[name], sums.T)
+                    writer.write(name, written[name], gen.to_host(sums).T)
                     written[name] += sums.shape[1]
             if progress is not None:
                 progress(gen.fleet.n_deployments * chunk.n_steps)

@@ -20,13 +20,15 @@ class BlockSummer:
     ----------
     n_series : number of rows (entities) of every pushed chunk.
     factor : steps per block (>= 1).
+    xp : array module of the chunks (numpy, or cupy: block sums on the GPU).
     """
 
-    def __init__(self, n_series: int, factor: int):
+    def __init__(self, n_series: int, factor: int, xp=np):
         if factor < 1:
             raise ValueError("factor must be >= 1")
         self.factor = int(factor)
-        self._partial = np.zeros(n_series, np.int64)
+        self.xp = xp
+        self._partial = xp.zeros(n_series, np.int64)
         self._filled = 0
 
     def push(self, chunk: np.ndarray) -> np.ndarray:
@@ -55,8 +57,8 @@ class BlockSummer:
             self._partial += chunk[:, i:].sum(axis=1)
             self._filled += n - i
         if not out:
-            return np.zeros((chunk.shape[0], 0), np.int64)
-        return np.concatenate(out, axis=1) if len(out) > 1 else out[0]
+            return self.xp.zeros((chunk.shape[0], 0), np.int64)
+        return self.xp.concatenate(out, axis=1) if len(out) > 1 else out[0]
 
     @property
     def pending_steps(self) -> int:
