@@ -66,6 +66,14 @@ def test_nvrtc_build_has_no_fma_approx_or_call(nvrtc, arch):
     assert gpukernel.ptx_violations(ptx) == []
 
 
+def test_device_build_fits_in_registers(nvrtc):
+    """ptxas (inside NVRTC) for sm_90: no spill to local memory (the kernel's per-deployment
+    state stays in registers across the step loop; 168 registers when this was written)."""
+    report = gpukernel.register_report("sm_90")
+    assert report["registers"] is not None and report["registers"] <= 255, report["log"]
+    assert report["spill_stores_bytes"] == 0 and report["spill_loads_bytes"] == 0, report["log"]
+
+
 def test_ptx_check_catches_contraction(nvrtc):
     """NVRTC's default (--fmad=true) contracts the kernel's a * b + c: the check sees it."""
     default = tuple(o for o in gpukernel.NVRTC_OPTIONS if not o.startswith("--fmad"))

@@ -25,6 +25,7 @@ typedef int i32;
 #if defined(__CUDACC__)
 #define DG_INLINE __device__ __forceinline__
 #define DG_RESTRICT __restrict__
+#define DG_HOST_RESTRICT
 #define DG_SQRT(x) sqrt(x)
 #define DG_CEIL(x) ceil(x)
 #define DG_FLOOR(x) floor(x)
@@ -35,6 +36,7 @@ typedef int i32;
 #else
 #define DG_INLINE static inline __attribute__((always_inline))
 #define DG_RESTRICT __restrict__
+#define DG_HOST_RESTRICT __restrict__
 #define DG_SQRT(x) __builtin_sqrt(x)
 #define DG_CEIL(x) __builtin_ceil(x)
 #define DG_FLOOR(x) __builtin_floor(x)
@@ -219,13 +221,15 @@ DG_INLINE double dg_normal(const double *DG_RESTRICT table, u64 key, u64 counter
 
 /* ------------------------------------------------------------------ serving.py */
 
+/* counts bounded by the queue capacities are int32, as stored */
 typedef struct DgQueue {
     double iterations;
-    i64 heap_n;
+    i32 heap_n;
     double ctx_base;
-    i64 pre_head, pre_n, pre_total;
+    i32 pre_head, pre_n;
+    i64 pre_total;
     double pre_attn;
-    i64 wait_head, wait_n;
+    i32 wait_head, wait_n;
 } DgQueue;
 
 typedef struct DgWork {
@@ -236,7 +240,7 @@ typedef struct DgWork {
 
 typedef struct DgRates {
     double base_s, prefill_s, decode_s, context_s, attention_s, budget;
-    i64 max_seqs;
+    i32 max_seqs;
 } DgRates;
 
 /* one deployment's rows of the serving state */
@@ -245,17 +249,17 @@ typedef struct DgRows {
     i32 *pre_left, *pre_prompt, *pre_out;
     double *wait_t;
     i32 *wait_prompt, *wait_cached, *wait_out;
-    i64 seq_cap, wait_cap;
+    i32 seq_cap, wait_cap;
 } DgRows;
 
 DG_INLINE double dg_positions(i64 first, i64 count) {
     return (double)count * ((double)first + 0.5 * (double)(count - 1));
 }
 
-DG_INLINE i64 dg_heap_push(double *fin, double *ctx, i64 n, double value, double offset) {
-    i64 i = n;
+DG_INLINE i32 dg_heap_push(double *fin, double *ctx, i32 n, double value, double offset) {
+    i32 i = n;
     while (i > 0) {
-        i64 parent = (i - 1) >> 1;
+        i32 parent = (i - 1) >> 1;
         if (fin[parent] <= value) break;
         fin[i] = fin[parent];
         ctx[i] = ctx[parent];
@@ -266,12 +270,12 @@ DG_INLINE i64 dg_heap_push(double *fin, double *ctx, i64 n, double value, double
     return n + 1;
 }
 
-DG_INLINE i64 dg_heap_pop(double *fin, double *ctx, i64 n) {
+DG_INLINE i32 dg_heap_pop(double *fin, double *ctx, i32 n) {
     n -= 1;
     double last = fin[n], last_ctx = ctx[n];
-    i64 i = 0;
+    i32 i = 0;
     for (;;) {
-        i64 child = 2 * i + 1;
+        i32 child = 2 * i + 1;
         if (child >= n) break;
         if (child + 1 < n && fin[child + 1] < fin[child]) child += 1;
         if (fin[child] >= last) break;
@@ -289,9 +293,9 @@ DG_INLINE i64 dg_heap_pop(double *fin, double *ctx, i64 n) {
 /* serving.enqueue: returns 1 when the queue is full (the request is dropped) */
 DG_INLINE i64 dg_enqueue(const DgRows *r, DgQueue *q, double arrival_s, i64 prompt_tokens,
                          i64 cached_tokens, i64 output_tokens) {
-    i64 cap = r->wait_cap;
+    i32 cap = r->wait_cap;
     if (q->wait_n >= cap) return 1;
-    i64 slot = q->wait_head + q->wait_n;
+    i32 slot = q->wait_head + q->wait_n;
     if (slot >= cap) slot -= cap;
     r->wait_t[slot] = arrival_s;
     r->wait_prompt[slot] = (i32)prompt_tokens;
@@ -306,14 +310,15 @@ DG_INLINE DgWork dg_serve_step(const DgRows *r, DgQueue *q, const DgRates *rt,
                                double step_start_s, double interval_s) {
     double base_s = rt->base_s, prefill_s = rt->prefill_s, decode_s = rt->decode_s;
     double context_s = rt->context_s, attention_s = rt->attention_s, budget = rt->budget;
-    i64 max_seqs = rt->max_seqs;
+    i32 max_seqs = rt->max_seqs;
     double iters = q->iterations;
-    i64 heap_n = q->heap_n;
+    i32 heap_n = q->heap_n;
     double ctx_base = q->ctx_base;
-    i64 pre_head = q->pre_head, pre_n = q->pre_n, pre_total = q->pre_total;
+    i32 pre_head = q->pre_head, pre_n = q->pre_n;
+    i64 pre_total = q->pre_total;
     double pre_attn = q->pre_attn;
-    i64 wait_head = q->wait_head, wait_n = q->wait_n;
-    i64 seq_cap = r->seq_cap, wait_cap = r->wait_cap;
+    i32 wait_head = q->wait_head, wait_n = q->wait_n;
+    i32 seq_cap = r->seq_cap, wait_cap = r->wait_cap;
     double *fin = r->fin, *ctx = r->ctx;
     double t = 0.0, busy_pre = 0.0, busy_dec = 0.0, batch_time = 0.0, ctx_read = 0.0;
     double dec_tokens = 0.0, its_total = 0.0, attn_done = 0.0;
@@ -321,7 +326,7 @@ DG_INLINE DgWork dg_serve_step(const DgRows *r, DgQueue *q, const DgRates *rt,
     for (;;) {
         while (wait_n > 0 && pre_n + heap_n < max_seqs
                && r->wait_t[wait_head] <= step_start_s + t) {
-            i64 slot = pre_head + pre_n;
+            i32 slot = pre_head + pre_n;
             if (slot >= seq_cap) slot -= seq_cap;
             i64 prompt = r->wait_prompt[wait_head];
             i64 need = dg_maxi(prompt - (i64)r->wait_cached[wait_head], 1);
@@ -400,7 +405,7 @@ DG_INLINE DgWork dg_serve_step(const DgRows *r, DgQueue *q, const DgRates *rt,
         } else if (heap_n > 0) {
             double its = avail / per_it;
             double iters_end = iters + its;
-            i64 n0 = heap_n;
+            i32 n0 = heap_n;
             double last = iters;
             i64 n_gone = 0;
             double sum_fin = 0.0, used;
@@ -473,60 +478,43 @@ DG_INLINE i64 dg_bin(const double *DG_RESTRICT edges, i64 n, double x) {
     return b;
 }
 
-/* kernel.fleet_kernel for deployment d */
-DG_INLINE void dg_deployment(const DgFleet *DG_RESTRICT f, i64 d) {
+/* deployment d's rows of the serving state (recomputed where used: on a GPU, pointers kept
+ * live across the step loop would cost registers) */
+DG_INLINE DgRows dg_rows(const DgFleet *f, i64 d) {
+    DgRows r;
+    r.seq_cap = (i32)f->seq_capacity;
+    r.wait_cap = (i32)f->queue_capacity;
+    r.fin = f->fin + d * r.seq_cap;
+    r.ctx = f->ctx + d * r.seq_cap;
+    r.pre_left = f->pre_left + d * r.seq_cap;
+    r.pre_prompt = f->pre_prompt + d * r.seq_cap;
+    r.pre_out = f->pre_out + d * r.seq_cap;
+    r.wait_t = f->wait_t + d * r.wait_cap;
+    r.wait_prompt = f->wait_prompt + d * r.wait_cap;
+    r.wait_cached = f->wait_cached + d * r.wait_cap;
+    r.wait_out = f->wait_out + d * r.wait_cap;
+    return r;
+}
+
+DG_INLINE DgRates dg_rates(const DgFleet *f, i64 m) {
+    const double *sv = f->serving + m * DG_N_SERVING;
+    DgRates r;
+    r.base_s = sv[0];
+    r.prefill_s = sv[1];
+    r.decode_s = sv[2];
+    r.context_s = sv[3];
+    r.attention_s = sv[4];
+    r.budget = sv[5];
+    r.max_seqs = (i32)sv[6];
+    return r;
+}
+
+/* kernel.fleet_kernel for deployment d. Only what a step carries to the next lives in locals;
+ * parameters are read from the parameter block where they are used (cached loads). */
+DG_INLINE void dg_deployment(const DgFleet *DG_HOST_RESTRICT f, i64 d) {
     const double dt = f->interval_s;
     const int synthetic = f->mode == DG_MODE_SYNTHETIC;
-    const i64 n_z = f->n_z, n_states = f->n_states;
-    const i64 n_pre_bins = f->n_prefill_edges + 1;
-    const int want_dep = f->deployment_mw != 0;
     const i64 m = f->model[d];
-    const double *sv = f->serving + m * DG_N_SERVING;
-    DgRates rates;
-    rates.base_s = sv[0];
-    rates.prefill_s = sv[1];
-    rates.decode_s = sv[2];
-    rates.context_s = sv[3];
-    rates.attention_s = sv[4];
-    rates.budget = sv[5];
-    rates.max_seqs = (i64)sv[6];
-    const double idle = f->idle_w[m];
-    const double d_it = f->d_w[m * 4 + 0], d_seq = f->d_w[m * 4 + 1];
-    const double d_ctx = f->d_w[m * 4 + 2], d_pre = f->d_w[m * 4 + 3];
-    const double h1 = f->sensor[m * 2 + 0], h2 = f->sensor[m * 2 + 1];
-    const double h0 = 1.0 - h1 - h2;
-    const double lo = f->clamp_w[m * 2 + 0], hi = f->clamp_w[m * 2 + 1];
-    const double cap = f->power_limit[m * 2 + 0], budget = f->power_limit[m * 2 + 1];
-    const double *DG_RESTRICT phi = f->phi + m * n_states;
-    const double *DG_RESTRICT innovation = f->innovation + m * n_states;
-    const double *DG_RESTRICT residual = f->residual_of_z + m * n_states * n_z;
-    const double *DG_RESTRICT env = f->envelope_max + m * f->n_envelope;
-    const double *DG_RESTRICT tok_in = f->tok_in + m * f->n_tok_in;
-    const double *DG_RESTRICT tok_out = f->tok_out + m * f->n_tok_out;
-    const double *DG_RESTRICT busy_edges = f->busy_edges;
-    const double *DG_RESTRICT prefill_edges = f->prefill_edges;
-    const double *DG_RESTRICT gamma_q = f->gamma_q;
-    const double *DG_RESTRICT normal_table = f->normal_table;
-    const i64 n_busy_edges = f->n_busy_edges, n_prefill_edges = f->n_prefill_edges;
-    const i64 n_gamma = f->n_gamma, n_tok_in = f->n_tok_in, n_tok_out = f->n_tok_out;
-    const double z_min = f->z_min, z_inv_step = f->z_inv_step;
-    const i64 step0 = f->step0, n_steps = f->n_steps, count_from = f->count_from_step;
-    const u64 skey = f->state_key[d], rkey = f->request_key[d];
-    const i64 in_tokens = f->input_tokens, out_tokens = f->output_tokens;
-    const double cached_share = f->cached_share;
-
-    DgRows rows;
-    rows.seq_cap = f->seq_capacity;
-    rows.wait_cap = f->queue_capacity;
-    rows.fin = f->fin + d * rows.seq_cap;
-    rows.ctx = f->ctx + d * rows.seq_cap;
-    rows.pre_left = f->pre_left + d * rows.seq_cap;
-    rows.pre_prompt = f->pre_prompt + d * rows.seq_cap;
-    rows.pre_out = f->pre_out + d * rows.seq_cap;
-    rows.wait_t = f->wait_t + d * rows.wait_cap;
-    rows.wait_prompt = f->wait_prompt + d * rows.wait_cap;
-    rows.wait_cached = f->wait_cached + d * rows.wait_cap;
-    rows.wait_out = f->wait_out + d * rows.wait_cap;
 
     DgQueue q;
     q.iterations = f->iterations[d];
@@ -541,44 +529,42 @@ DG_INLINE void dg_deployment(const DgFleet *DG_RESTRICT f, i64 d) {
 
     i64 s_prev = f->state[d];
     double zl = f->latent_z[d];
-    double *shares = f->shares_prev + d * 8;
+    const double *shares = f->shares_prev + d * 8;
     double a1 = shares[0], b1 = shares[1], c1 = shares[2], e1 = shares[3];
     double a2 = shares[4], b2 = shares[5], c2 = shares[6], e2 = shares[7];
     double over = f->over_limit_j[d];
     double op = f->op_time[d], next_arr = f->next_arrival[d];
     i64 arrived = f->n_arrived[d], ptr = f->replay_ptr[d];
-    const i64 rep_end = f->rep_offsets[d + 1];
     i64 dropped = 0, n_new = 0, n_outside = 0;
     double sum_running = 0.0, sum_prefill = 0.0, sum_decode = 0.0, sum_busy = 0.0;
-    if (synthetic && next_arr < 0.0) next_arr = dg_gap(gamma_q, n_gamma, dg_uniform01(rkey, 0));
+    if (synthetic && next_arr < 0.0)
+        next_arr = dg_gap(f->gamma_q, f->n_gamma, dg_uniform01(f->request_key[d], 0));
     const i64 spi = f->steps_per_interval;
-    i64 col = dg_maxi(step0 - f->step_offset, 0) / spi - f->rate_k0;
+    i64 col = dg_maxi(f->step0 - f->step_offset, 0) / spi - f->rate_k0;
     i64 next_boundary = f->step_offset + (col + f->rate_k0 + 1) * spi;
-    const float *DG_RESTRICT mult_row = f->rate_mult + d * f->n_intervals;
-    const double base_rps = f->base_rps[d];
-    i64 *DG_RESTRICT target_row = f->target_mw + f->target[d] * f->target_stride;
-    i32 *DG_RESTRICT dep_row = want_dep ? f->deployment_mw + d * f->deployment_stride : 0;
 
-    for (i64 j = 0; j < n_steps; j++) {
-        const i64 k = step0 + j;
+    for (i64 j = 0; j < f->n_steps; j++) {
+        const i64 k = f->step0 + j;
         const double t0 = (double)k * dt;
-        const int counted = k >= count_from;
+        const int counted = k >= f->count_from_step;
+        DgRows rows = dg_rows(f, d);
         /* arrivals of this step, at their time inside it */
         if (synthetic) {
             if (k >= next_boundary) {
                 col += 1;
                 next_boundary += spi;
             }
-            double rate = base_rps * (double)mult_row[col];
+            double rate = f->base_rps[d] * (double)f->rate_mult[d * f->n_intervals + col];
             double op_end = op + rate * dt;
             while (op_end >= next_arr) {
-                i64 n_in = in_tokens > 0 ? in_tokens
-                    : dg_quantile_tokens(tok_in, n_tok_in,
+                const u64 rkey = f->request_key[d];
+                i64 n_in = f->input_tokens > 0 ? f->input_tokens
+                    : dg_quantile_tokens(f->tok_in + m * f->n_tok_in, f->n_tok_in,
                                          dg_uniform01(rkey, (u64)(3 * arrived + 1)));
-                i64 n_out = out_tokens > 0 ? out_tokens
-                    : dg_quantile_tokens(tok_out, n_tok_out,
+                i64 n_out = f->output_tokens > 0 ? f->output_tokens
+                    : dg_quantile_tokens(f->tok_out + m * f->n_tok_out, f->n_tok_out,
                                          dg_uniform01(rkey, (u64)(3 * arrived + 2)));
-                i64 n_cached = (i64)(cached_share * (double)n_in);
+                i64 n_cached = (i64)(f->cached_share * (double)n_in);
                 i64 lost = dg_enqueue(&rows, &q, t0 + (next_arr - op) / rate, n_in, n_cached,
                                       n_out);
                 arrived += 1;
@@ -586,11 +572,13 @@ DG_INLINE void dg_deployment(const DgFleet *DG_RESTRICT f, i64 d) {
                     dropped += lost;
                     n_new += 1;
                 }
-                next_arr += dg_gap(gamma_q, n_gamma, dg_uniform01(rkey, (u64)(3 * arrived)));
+                next_arr += dg_gap(f->gamma_q, f->n_gamma,
+                                   dg_uniform01(rkey, (u64)(3 * arrived)));
             }
             op = op_end;
         } else {
             const double end_s = t0 + dt;
+            const i64 rep_end = f->rep_offsets[d + 1];
             while (ptr < rep_end && f->rep_arrival_s[ptr] < end_s) {
                 i64 lost = dg_enqueue(&rows, &q, f->rep_arrival_s[ptr], f->rep_input_tokens[ptr],
                                       f->rep_cached_tokens[ptr], f->rep_output_tokens[ptr]);
@@ -602,6 +590,7 @@ DG_INLINE void dg_deployment(const DgFleet *DG_RESTRICT f, i64 d) {
             }
         }
         /* the serving model's work in this step */
+        const DgRates rates = dg_rates(f, m);
         DgWork w = dg_serve_step(&rows, &q, &rates, t0, dt);
         double a0 = rates.base_s * w.iterations / dt;
         double b0 = rates.decode_s * w.decode_tokens / dt;
@@ -609,11 +598,15 @@ DG_INLINE void dg_deployment(const DgFleet *DG_RESTRICT f, i64 d) {
         double e0 = (rates.prefill_s * (double)w.prefill_tokens
                      + rates.attention_s * w.attention_tokens) / dt;
         /* the level, through the sensor kernel, and the state of the step */
+        const double h1 = f->sensor[m * 2 + 0], h2 = f->sensor[m * 2 + 1];
+        const double h0 = 1.0 - h1 - h2;
         double sa = h0 * a0 + h1 * a1 + h2 * a2;
         double sb = h0 * b0 + h1 * b1 + h2 * b2;
         double sc = h0 * c0 + h1 * c1 + h2 * c2;
         double se = h0 * e0 + h1 * e1 + h2 * e2;
-        double level = idle + d_it * sa + d_seq * sb + d_ctx * sc + d_pre * se;
+        const double *d_w = f->d_w + m * 4;
+        double level = f->idle_w[m] + d_w[0] * sa + d_w[1] * sb + d_w[2] * sc + d_w[3] * se;
+        const double cap = f->power_limit[m * 2 + 0], budget = f->power_limit[m * 2 + 1];
         double excess = (level - cap) * dt;
         if (excess > 0.0) {
             double allowed = dg_maxf(budget - over, 0.0);
@@ -627,33 +620,37 @@ DG_INLINE void dg_deployment(const DgFleet *DG_RESTRICT f, i64 d) {
         }
         double busy = sa + sb + sc + se;
         double pre_share = busy > 1e-12 ? se / busy : 0.0;
-        i64 s = dg_bin(busy_edges, n_busy_edges, busy) * n_pre_bins
-                + dg_bin(prefill_edges, n_prefill_edges, pre_share);
-        double eps = dg_normal(normal_table, skey, (u64)k);
+        i64 s = dg_bin(f->busy_edges, f->n_busy_edges, busy) * (f->n_prefill_edges + 1)
+                + dg_bin(f->prefill_edges, f->n_prefill_edges, pre_share);
+        double eps = dg_normal(f->normal_table, f->state_key[d], (u64)k);
         if (s == s_prev) {
-            zl = phi[s] * zl + innovation[s] * eps;
+            const i64 ms = m * f->n_states + s;
+            zl = f->phi[ms] * zl + f->innovation[ms] * eps;
         } else {
             zl = eps;
             s_prev = s;
         }
-        double pos = dg_minf(dg_maxf((zl - z_min) * z_inv_step, 0.0), (double)n_z - 1.000001);
+        const i64 n_z = f->n_z;
+        double pos = dg_minf(dg_maxf((zl - f->z_min) * f->z_inv_step, 0.0),
+                             (double)n_z - 1.000001);
         i64 i = (i64)pos;
-        const double *res = residual + s * n_z;
+        const double *res = f->residual_of_z + (m * f->n_states + s) * n_z;
         double r0 = res[i];
         double p = level + r0 + (pos - (double)i) * (res[i + 1] - r0);
-        p = dg_minf(dg_maxf(p, lo), hi);
+        p = dg_minf(dg_maxf(p, f->clamp_w[m * 2 + 0]), f->clamp_w[m * 2 + 1]);
         i64 mw = (i64)(p * 1000.0 + 0.5);
-        DG_ADD_I64(target_row + j, mw);
-        if (want_dep) dep_row[j] = (i32)mw;
+        DG_ADD_I64(f->target_mw + f->target[d] * f->target_stride + j, mw);
+        if (f->deployment_mw) f->deployment_mw[d * f->deployment_stride + j] = (i32)mw;
         a2 = a1; b2 = b1; c2 = c1; e2 = e1;
         a1 = a0; b1 = b0; c1 = c0; e1 = e0;
         if (counted) {
-            i64 running = q.heap_n + q.pre_n;
+            i32 running = q.heap_n + q.pre_n;
             sum_running += (double)running;
             sum_prefill += (double)w.prefill_tokens;
             sum_decode += w.decode_tokens;
             sum_busy += w.prefill_busy_s + w.decode_busy_s;
             double per_seq = w.decode_tokens > 0.0 ? w.context_tokens / w.decode_tokens : 0.0;
+            const double *env = f->envelope_max + m * f->n_envelope;
             if ((double)running > env[DG_ENV_RUNNING] || w.decode_batch > env[DG_ENV_DECODE_BATCH]
                 || (double)w.prefill_tokens > env[DG_ENV_PREFILL_TOKENS]
                 || per_seq > env[DG_ENV_CONTEXT_PER_SEQ])
@@ -674,8 +671,9 @@ DG_INLINE void dg_deployment(const DgFleet *DG_RESTRICT f, i64 d) {
     f->state[d] = s_prev;
     f->latent_z[d] = zl;
     f->over_limit_j[d] = over;
-    shares[0] = a1; shares[1] = b1; shares[2] = c1; shares[3] = e1;
-    shares[4] = a2; shares[5] = b2; shares[6] = c2; shares[7] = e2;
+    double *sh = f->shares_prev + d * 8;
+    sh[0] = a1; sh[1] = b1; sh[2] = c1; sh[3] = e1;
+    sh[4] = a2; sh[5] = b2; sh[6] = c2; sh[7] = e2;
     f->op_time[d] = op;
     f->next_arrival[d] = next_arr;
     f->n_arrived[d] = arrived;
@@ -700,7 +698,10 @@ DG_EXPORT __global__ void dg_fleet_device(const DgFleet *f) {
 #else
 /* deployments [d_begin, d_end) one after another */
 DG_EXPORT void dg_fleet_host(const DgFleet *f, i64 d_begin, i64 d_end) {
-    for (i64 d = d_begin; d < d_end; d++) dg_deployment(f, d);
+    /* a private copy: no store of the kernel can alias it, so the compiler keeps the
+     * parameters in registers instead of reloading them after every store */
+    const DgFleet p = *f;
+    for (i64 d = d_begin; d < d_end; d++) dg_deployment(&p, d);
 }
 
 /* sizeof(DgFleet), so the caller can check its copy of the layout */

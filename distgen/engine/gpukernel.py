@@ -38,8 +38,7 @@ from distgen.workload.serving import ServingState
 
 SOURCE = hostkernel.SOURCE
 #: NVRTC options of the GPU build (CuPy adds the target architecture).
-NVRTC_OPTIONS = ("--fmad=false", "--prec-div=true", "--prec-sqrt=true", "--ftz=false",
-                 "--std=c++17")
+NVRTC_OPTIONS = ("--fmad=false", "--prec-div=true", "--prec-sqrt=true", "--ftz=false")
 #: The kernel's entry point in fleet_kernel.cu (one thread per deployment).
 DEVICE_ENTRY = "dg_fleet_device"
 THREADS_PER_BLOCK = 128
@@ -81,6 +80,25 @@ def compile_ptx(options: tuple[str, ...] = NVRTC_OPTIONS, arch: str = "compute_9
                 source: str | None = None) -> str:
     """PTX of ``fleet_kernel.cu`` (or ``source``) compiled by NVRTC with ``options`` for
     ``arch``; a :class:`DistgenError` with NVRTC's log when it does not compile."""
+    return _compile(options, arch, source)[0]
+
+
+def register_report(arch: str = "sm_90", options: tuple[str, ...] = NVRTC_OPTIONS) -> dict:
+    """Registers per thread, spill stores/loads [bytes] and stack frame [bytes] of the device
+    entry as ptxas (inside NVRTC) reports them for a real architecture ``arch``."""
+    _, log = _compile((*options, "--ptxas-options=-v"), arch, None)
+    out = {"arch": arch, "log": log}
+    for key, pattern in (("registers", r"Used (\d+) registers"),
+                         ("spill_stores_bytes", r"(\d+) bytes spill stores"),
+                         ("spill_loads_bytes", r"(\d+) bytes spill loads"),
+                         ("stack_frame_bytes", r"(\d+) bytes stack frame")):
+        found = re.search(pattern, log)
+        out[key] = int(found.group(1)) if found else None
+    return out
+
+
+def _compile(options, arch, source) -> tuple[str, str]:
+    """(PTX, NVRTC's log)."""
     lib = _nvrtc()
     text = (SOURCE.read_text() if source is None else source).encode()
     prog = ctypes.c_void_p()
@@ -106,7 +124,10 @@ def compile_ptx(options: tuple[str, ...] = NVRTC_OPTIONS, arch: str = "compute_9
         check(lib.nvrtcGetPTXSize(prog, ctypes.byref(size)), "nvrtcGetPTXSize")
         buf = ctypes.create_string_buffer(size.value)
         check(lib.nvrtcGetPTX(prog, buf), "nvrtcGetPTX")
-        return buf.value.decode()
+        check(lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size)), "nvrtcGetProgramLogSize")
+        log = ctypes.create_string_buffer(size.value)
+        check(lib.nvrtcGetProgramLog(prog, log), "nvrtcGetProgramLog")
+        return buf.value.decode(), log.value.decode(errors="replace")
     finally:
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
