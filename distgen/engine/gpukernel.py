@@ -47,16 +47,17 @@ THREADS_PER_BLOCK = 128
 # ------------------------------------------------------------------ NVRTC without a GPU
 
 def nvrtc_library_path() -> Path | None:
-    """``libnvrtc.so.12`` of the ``nvidia-cuda-nvrtc-cu12`` wheel, if installed."""
+    """NVRTC of an ``nvidia-cuda-nvrtc`` wheel (``nvidia/cuda_nvrtc/lib/libnvrtc.so.12`` for
+    CUDA 12, ``nvidia/cu13/lib/libnvrtc.so.13`` for CUDA 13), if one is installed."""
     try:
-        spec = importlib.util.find_spec("nvidia.cuda_nvrtc")
+        spec = importlib.util.find_spec("nvidia")
     except (ImportError, ValueError):
         return None
+    found = []
     for folder in (spec.submodule_search_locations or []) if spec else []:
-        lib = Path(folder) / "lib" / "libnvrtc.so.12"
-        if lib.exists():
-            return lib
-    return None
+        found += [p for p in Path(folder).glob("*/lib/libnvrtc.so.1*")
+                  if re.fullmatch(r"libnvrtc\.so\.\d+", p.name)]
+    return max(found, key=lambda p: int(p.name.rsplit(".", 1)[1])) if found else None
 
 
 @lru_cache(maxsize=1)
