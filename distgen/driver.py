@@ -138,7 +138,8 @@ def build_manifest(plan: RunPlan, library: ModelLibrary, files: list, summary: R
         "summary": {**summary.to_dict(), "shards_table": SHARDS_FILE},
         "estimate": footprint.to_dict() if footprint is not None else None,
         "execution": {**execution, "shards": len(plan.shards),
-                      "backend": resolve_backend(cfg.backend),
+                      "backend": resolve_backend(
+                          cfg.backend, remote_gpus=cfg.ray.num_gpus_per_task > 0),
                       "python": platform.python_version()},
     }
 
