@@ -228,10 +228,14 @@ def format_summary(manifest: dict, out: Path) -> str:
              f"time: {_fmt_hours(duration)} from {grid['start_time']} (UTC{offset_h:+g} h) "
              f"on a {grid['interval_s']:g} s grid"]
     if manifest.get("estimate"):
-        from distgen.footprint import Footprint, describe_footprint
+        from distgen.footprint import Capacity, Footprint, describe_footprint
+        ex = manifest["execution"]
+        ray = ex.get("executor") == "ray"
+        tasks = min(int(ex.get("ray_cpus") or 1), ex["shards"]) if ray else 1
+        capacity = Capacity(tasks, 0.0, tasks_share_machine=ex.get("ray_started_here", True),
+                            in_process=not ray)
         lines.append("estimate before the run: " +
-                     describe_footprint(Footprint(**manifest["estimate"]),
-                                        cpus=manifest["execution"].get("ray_cpus") or 1))
+                     describe_footprint(Footprint(**manifest["estimate"]), capacity))
     lines.append("")
     table = []
     for st in s.site:

@@ -234,6 +234,16 @@ def _time_keys(config) -> str:
     return f"duration_s = {config.duration_s:g}, {res}"
 
 
+def peak_memory_bytes(fp: Footprint, capacity: Capacity) -> int:
+    """[B] memory the run takes on this machine at its peak: the driver, plus the shard tasks
+    running here at once (in this process, or each in a Ray worker process)."""
+    if capacity.in_process:
+        return fp.driver_bytes + fp.shard_bytes
+    if not capacity.tasks_share_machine:
+        return fp.driver_bytes
+    return fp.driver_bytes + capacity.tasks_at_once * (fp.shard_bytes + WORKER_PROCESS_BYTES)
+
+
 def check_footprint(fp: Footprint, config, capacity: Capacity, *,
                     reusable_disk_bytes: float = 0.0) -> None:
     """Raise a :class:`~distgen.errors.DistgenError` when the run cannot fit ``capacity``.
@@ -256,10 +266,8 @@ def check_footprint(fp: Footprint, config, capacity: Capacity, *,
             f"({fp.largest_shard_deployments:,} deployments in the largest shard), but {where} "
             f"{fmt_bytes(task_limit)} to spare; set by {size}, shards = {config.shards} "
             f"(more shards make each task smaller)")
-    total = fp.driver_bytes
+    total = peak_memory_bytes(fp, capacity)
     tasks = capacity.tasks_at_once
-    if capacity.tasks_share_machine:
-        total += (fp.shard_bytes if capacity.in_process else tasks * task_bytes)
     if total > memory:
         parts = (f"the driver {fmt_bytes(fp.driver_bytes)}" +
                  (f" + {tasks} shard task(s) of {fmt_bytes(task_bytes)}"
@@ -280,17 +288,13 @@ def check_footprint(fp: Footprint, config, capacity: Capacity, *,
             f", {size}")
 
 
-def describe_footprint(fp: Footprint, capacity: Capacity | None = None, *,
-                       cpus: float | None = None) -> str:
+def describe_footprint(fp: Footprint, capacity: Capacity) -> str:
     """One line for the summary: work, time at the typical rate, memory and disk."""
-    cpus = cpus or (capacity.tasks_at_once if capacity else 1)
+    cpus = capacity.tasks_at_once
     seconds = fp.deployment_steps / (DEPLOYMENT_STEPS_PER_CPU_S * max(cpus, 1))
     took = (f"{seconds:.2g} s" if seconds < 60 else f"{seconds / 60:.2g} min"
             if seconds < 3600 else f"{seconds / 3600:.3g} h")
-    memory = fp.driver_bytes + (fp.shard_bytes if capacity is None or capacity.in_process
-                                else capacity.tasks_at_once
-                                * (fp.shard_bytes + WORKER_PROCESS_BYTES))
     return (f"{fp.deployment_steps:.3g} deployment-steps (with warm-up), ~{took} on "
             f"{cpus:g} CPU(s) at {DEPLOYMENT_STEPS_PER_CPU_S / 1e6:g} M/s each; peak memory "
-            f"~{fmt_bytes(memory)}; disk ~{fmt_bytes(fp.parts_bytes + fp.output_bytes)}")
-
+            f"~{fmt_bytes(peak_memory_bytes(fp, capacity))}; disk "
+            f"~{fmt_bytes(fp.parts_bytes + fp.output_bytes)}")

@@ -92,7 +92,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (), *,
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "<config>"
         msg = (getattr(e, "msg", None) or str(e)).strip().splitlines()[0]
-        raise ConfigError(str(key), msg) from None
+        raise ConfigError(str(key), msg) from e
 
     cfg = config_from_dict(data)
     _check_resolved_paths(cfg, relative, path)
