@@ -23,9 +23,6 @@ from distgen.errors import ConfigError, DistgenError
 
 #: Default share of the device's memory the pool may use (``DISTGEN_GPU_MEMORY_FRACTION``).
 DEFAULT_MEMORY_FRACTION = 0.9
-#: Deployments per GPU shard that fill the chip (10^5-10^6 threads in flight; a CPU shard is
-#: about 1000x smaller). A shard's state is about 37 KB per deployment on the device.
-GPU_SHARD_DEPLOYMENTS = (100_000, 1_000_000)
 
 
 def _cupy():
@@ -92,6 +89,8 @@ class CupyDevice:
     """
 
     name = "cupy"
+    # A GPU shard fills the chip with 10^5-10^6 deployments (threads in flight), about 1000x
+    # a CPU shard; its state takes about 45 KB per deployment (gpukernel.bytes_per_deployment).
     #: elements of one chunk's (servers x steps) int64 buffer: long launches (a chunk of a
     #: 10^6-deployment shard is about 1000 steps, 1 GiB)
     chunk_elements = 1 << 27
