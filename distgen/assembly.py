@@ -34,6 +34,7 @@ ENTITY_COLUMN = {"rows": "row_id", "racks": "rack_id", "servers": "server_id",
 FIFTEEN_MIN_STEPS = 3600
 ENTITIES_FILE = "entities.parquet"
 SHARDS_FILE = "shards.parquet"
+ROW_STATS_FILE = "row_stats.parquet"
 
 
 def pue_per_block(plan: RunPlan, factor: int, n_blocks: int) -> np.ndarray:
@@ -136,7 +137,8 @@ def _write_level(plan: RunPlan, out: Path, parts_dir: Path, level: str, factor: 
     n_blocks = plan.n_steps // factor
     resolution_s = factor * INTERVAL_S
     peak = np.zeros(ids.size)
-    energy_j = 0.0
+    low = np.full(ids.size, np.inf)
+    entity_energy_j = np.zeros(ids.size)
     path = out / f"{level}_{resolution_label(resolution_s)}.parquet"
     with SeriesWriter(path, level=level, resolution_s=resolution_s, value_columns=["power_w"],
                       entity_column=ENTITY_COLUMN[level], units={"power_w": "W"},
@@ -149,13 +151,38 @@ def _write_level(plan: RunPlan, out: Path, parts_dir: Path, level: str, factor: 
             power_w = block_means_w(total, factor)
             w.write(np.arange(a, b) * resolution_s, {"power_w": power_w}, entity_ids=ids)
             peak = np.maximum(peak, power_w.max(axis=0))
-            energy_j += float(power_w.sum() * resolution_s)
+            low = np.minimum(low, power_w.min(axis=0))
+            entity_energy_j += power_w.sum(axis=0) * resolution_s
         info = w.close()
     del parts
     stats = LevelStats(level=level, resolution_s=resolution_s, entities=int(ids.size),
-                       energy_j=energy_j, max_peak_w=float(peak.max()),
+                       energy_j=float(entity_energy_j.sum()), max_peak_w=float(peak.max()),
                        mean_peak_w=float(peak.mean()))
-    return {**info, "resolution_s": resolution_s, "format": "parquet"}, stats
+    per_entity = {"ids": ids, "energy_j": entity_energy_j, "peak_w": peak, "min_w": low}
+    return {**info, "resolution_s": resolution_s, "format": "parquet"}, stats, per_entity
+
+
+def _write_row_stats(plan: RunPlan, out: Path, stats: LevelStats, per_row: dict) -> dict:
+    """Per row: its serving configuration, GPUs, and energy, mean, peak and minimum power at
+    the rows resolution (the per-row figures that used to swell the manifest)."""
+    t = plan.topology
+    rows = [int(r) for r in per_row["ids"]]
+    duration_s = plan.n_steps * INTERVAL_S
+    gpus_per_row = t.racks_per_row * t.servers_per_rack * t.gpus_per_server
+    columns = {"row_id": rows, "serving_config": [t.row_serving[r] for r in rows],
+               "gpus": [gpus_per_row] * len(rows),
+               "energy_j": [float(e) for e in per_row["energy_j"]],
+               "mean_w": [float(e) / duration_s for e in per_row["energy_j"]],
+               "peak_w": [float(v) for v in per_row["peak_w"]],
+               "min_w": [float(v) for v in per_row["min_w"]]}
+    path = out / ROW_STATS_FILE
+    write_table(path, None, columns, metadata={
+        "format": "distgen.row_stats", "resolution_s": stats.resolution_s,
+        "units": {"energy_j": "J", "mean_w": "W", "peak_w": "W", "min_w": "W"},
+        "power": POWER_NOTE})
+    return {"path": path.name, "level": "row_stats", "kind": "table", "rows": len(rows),
+            "sha256": file_digest(path), "bytes": path.stat().st_size,
+            "resolution_s": stats.resolution_s, "format": "parquet"}
 
 
 def time_grid(plan: RunPlan) -> dict:
@@ -180,7 +207,7 @@ def _write_entities(plan: RunPlan, out: Path) -> dict:
         metadata={"serving_mix": mix_report(plan.config.facility),
                   "non_gpu": {"idle_w": plan.config.facility.non_gpu.idle_w,
                               "activity_w": plan.config.facility.non_gpu.activity_w}})
-    return {**info, "format": "parquet"}
+    return {**info, "kind": "table", "format": "parquet"}
 
 
 def _write_shards(shards: tuple[ShardSummary, ...], out: Path) -> dict:
@@ -202,7 +229,7 @@ def _write_shards(shards: tuple[ShardSummary, ...], out: Path) -> dict:
         "format": "distgen.shards", "units": {"wall_s": "s", "busy_ms": "ms",
                                               "prefill_tokens": "tokens",
                                               "decode_tokens": "tokens"}})
-    return {"path": path.name, "level": "shards", "rows": len(shards),
+    return {"path": path.name, "level": "shards", "kind": "table", "rows": len(shards),
             "sha256": file_digest(path), "bytes": path.stat().st_size, "format": "parquet"}
 
 
@@ -214,9 +241,11 @@ def assemble(plan: RunPlan, out: Path) -> tuple[list[dict], RunSummary]:
     files, site_stats, ramp = _write_site(plan, out, _site_sums(plan, parts_dir), grid)
     levels = []
     for level, factor in plan.level_factors.items():
-        info, stats = _write_level(plan, out, parts_dir, level, factor, grid)
+        info, stats, per_entity = _write_level(plan, out, parts_dir, level, factor, grid)
         files.append(info)
         levels.append(stats)
+        if level == "rows":
+            files.append(_write_row_stats(plan, out, stats, per_entity))
     shards = tuple(ShardSummary.from_dict(m["summary"])
                    for _, m in sorted(completed_shards(parts_dir).items()))
     files.append(_write_entities(plan, out))

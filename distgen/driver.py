@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import distgen
-from distgen.assembly import SHARDS_FILE, assemble, time_grid, utc_now
+from distgen.assembly import ROW_STATS_FILE, SHARDS_FILE, assemble, time_grid, utc_now
 from distgen.backend import resolve_backend
 from distgen.config import config_hash, config_to_dict, validate
 from distgen.config.schema import RunConfig
@@ -135,7 +135,8 @@ def build_manifest(plan: RunPlan, library: ModelLibrary, files: list, summary: R
         "grid": {**time_grid(plan), "duration_s": cfg.duration_s},
         "units": UNITS,
         "files": files,
-        "summary": {**summary.to_dict(), "shards_table": SHARDS_FILE},
+        "summary": {**summary.to_dict(), "shards_table": SHARDS_FILE,
+                    "rows_table": ROW_STATS_FILE if "rows" in plan.level_factors else None},
         "estimate": footprint.to_dict() if footprint is not None else None,
         "execution": {**execution, "shards": len(plan.shards),
                       "backend": resolve_backend(

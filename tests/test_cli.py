@@ -130,18 +130,18 @@ def test_generate_demo(demo_run, capsys):
         expected.add(f"site_{label(o.site_csv_resolution_s)}.csv")
     assert {"site_1s.parquet", "rows_1s.parquet", "racks_60s.parquet"} <= expected  # the preset
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(expected | {"manifest.json", "entities.parquet", "shards.parquet"})
+    tables = {"entities.parquet", "row_stats.parquet", "shards.parquet"}
+    assert names == sorted(expected | tables | {"manifest.json"})
     manifest = json.loads((out / "manifest.json").read_text())
     assert {"format", "distgen_version", "config", "config_hash", "seed", "model_library",
             "grid", "units", "files", "summary"} <= set(manifest)
     assert manifest["format"] == "distgen.run"
     assert manifest["seed"] == cfg.seed and manifest["config"]["duration_s"] == 1800
     assert manifest["grid"]["n_steps"] == 1800 * 4 and manifest["grid"]["interval_s"] == 0.25
-    assert sorted(f["path"] for f in manifest["files"]) == sorted(
-        expected | {"entities.parquet", "shards.parquet"})
+    assert sorted(f["path"] for f in manifest["files"]) == sorted(expected | tables)
     assert manifest["units"]["power"] == "W"
     for name in names:
-        if name.endswith(".parquet") and name not in ("entities.parquet", "shards.parquet"):
+        if name.endswith(".parquet") and name not in tables:
             meta = read_series_metadata(out / name)
             assert meta["grid"]["n_steps"] == 7200 and meta["grid"]["interval_s"] == 0.25
             assert meta["grid"]["start_time"] == cfg.start_time

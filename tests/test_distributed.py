@@ -40,7 +40,7 @@ def small_config(*overrides):
 def data_files(out: Path) -> list[str]:
     """Power series files (the entity and shard tables are not series)."""
     return sorted(p.name for p in Path(out).glob("*.parquet")
-                  if p.name not in ("entities.parquet", "shards.parquet"))
+                  if p.name not in ("entities.parquet", "row_stats.parquet", "shards.parquet"))
 
 
 def assert_same_data(a: Path, b: Path) -> None:

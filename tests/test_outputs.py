@@ -114,6 +114,24 @@ def test_shard_table_replaces_per_shard_manifest_entries(demo_run):
     assert set(cols["inputs_sha256"]) == {manifest["inputs"]["sha256"]}
 
 
+def test_row_statistics_table_is_referenced_and_adds_up(demo_run):
+    out, manifest = demo_run
+    assert manifest["summary"]["rows_table"] == "row_stats.parquet"
+    assert "row_stats.parquet" in {f["path"] for f in manifest["files"]}
+    cols, meta = read_table(out / "row_stats.parquet")
+    assert cols["row_id"] == [0, 1, 2] and cols["serving_config"] == [QWEN, QWEN, QWEN30]
+    assert meta["resolution_s"] == 60.0 and meta["units"]["peak_w"] == "W"
+    # the same figures as the rows series (60 s means over the 120 s run)
+    series = read_series(out / "rows_60s.parquet")[0]
+    for i, row in enumerate(cols["row_id"]):
+        power = series["power_w"][series["row_id"] == row]
+        assert cols["energy_j"][i] == pytest.approx(power.sum() * 60, rel=1e-12)
+        assert cols["mean_w"][i] == pytest.approx(power.mean(), rel=1e-12)
+        assert cols["peak_w"][i] == power.max() and cols["min_w"][i] == power.min()
+    assert sum(cols["energy_j"]) == pytest.approx(manifest["summary"]["rows"]["energy_j"],
+                                                  rel=1e-12)
+
+
 # --------------------------------------------------------------------------- summary
 
 def test_summary_states_resolutions_and_one_unit_per_column(demo_run):
