@@ -119,7 +119,8 @@ def run(executor: str, out: Path) -> dict:
     steps = manifest["estimate"]["deployment_steps"]
     return {"command": "distgen generate configs/hyperscale-1m.yaml " + " ".join(OVERRIDES)
             + f" --executor {executor} --out OUT",
-            "deployments": manifest["topology"]["deployments"], "gpus": manifest["topology"]["gpus"],
+            "deployments": manifest["topology"]["deployments"],
+            "gpus": manifest["topology"]["gpus"],
             "shards": manifest["execution"]["shards"], "deployment_steps": steps,
             "wall_s": wall_s, "task_s": task_s, "steps_per_s": steps / wall_s,
             "steps_per_task_s": steps / task_s,

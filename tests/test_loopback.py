@@ -112,9 +112,10 @@ def test_proc_net_parser_decodes_addresses():
     assert [r[1:4] for r in parse_proc_net("tcp", tcp)] == [
         ("127.0.0.1", 8080, "0.0.0.0"), ("0.0.0.0", 80, "0.0.0.0"),
         ("16.9.8.7", 443, "8.8.8.8")]
+    zero = "00000000000000000000000000000000:0000"
     tcp6 = ("  sl  local_address                         remote_address\n"
-            "   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A\n"
-            "   1: 0000000000000000FFFF00000100007F:0016 00000000000000000000000000000000:0000 0A\n")
+            f"   0: 00000000000000000000000001000000:1F90 {zero} 0A\n"
+            f"   1: 0000000000000000FFFF00000100007F:0016 {zero} 0A\n")
     assert [ipaddress.ip_address(r[1]) for r in parse_proc_net("tcp6", tcp6)] == [
         ipaddress.ip_address("::1"), ipaddress.ip_address("::ffff:127.0.0.1")]
     assert [is_loopback(r[1]) for r in parse_proc_net("tcp6", tcp6)] == [True, True]
