@@ -156,11 +156,14 @@ def usage_stats_chosen_by_user(environ: dict | None = None) -> bool:
     env = os.environ if environ is None else environ
     if env.get(USAGE_STATS_ENV) is not None:
         return True
+    # Ray's own check reads os.environ, not ``environ``: read its config file ourselves
     try:
+        import json
+
         from ray._common.usage import usage_lib
-        return usage_lib._usage_stats_enabledness() is not \
-            usage_lib.UsageStatsEnabledness.ENABLED_BY_DEFAULT
-    except Exception:  # a private Ray API: when it moves, fall back to "not chosen"
+        with open(usage_lib._usage_stats_config_path()) as fh:
+            return json.load(fh).get("usage_stats") is not None
+    except Exception:  # no file, or a private Ray API that moved: "not chosen"
         return False
 
 
