@@ -114,22 +114,27 @@ def test_device_path_reproduces_the_golden_runs(tmp_path, monkeypatch):
     assert len(devices) == 4  # two shards per run went through the device path
 
 
-@pytest.mark.parametrize("name", ["synthetic", "replay"])
-def test_device_path_shard_files_match_cpu_path(name, tmp_path):
-    """Every level the config writes (rows, racks, servers, deployments) and the shard summary,
-    for each shard, with chunks shorter than the coarsest block (partial blocks carried)."""
+def _golden_plan(name: str, extra=()):
+    """Plan, library and routed replay requests of a golden run, writing servers at 1 s and
+    deployments at 0.25 s as well."""
     golden = _golden_module()
-    overrides = ["chunk_s=17", "output.servers_resolution_s=1",
-                 "output.deployments_resolution_s=0.25"]
+    overrides = [*extra, "output.servers_resolution_s=1", "output.deployments_resolution_s=0.25"]
     if name == "replay":
         overrides.append(f"traffic.replay.path={golden.TRACE}")
-    cfg = load_config(GOLDEN / f"{name}.yaml", overrides)
     library = ModelLibrary.load()
-    plan = plan_run(cfg, library)
+    plan = plan_run(load_config(GOLDEN / f"{name}.yaml", overrides), library)
     replay = None
     if name == "replay":
         from distgen.pipeline import ReplayRequests
         replay = ReplayRequests.build(plan, library)
+    return plan, library, replay
+
+
+@pytest.mark.parametrize("name", ["synthetic", "replay"])
+def test_device_path_shard_files_match_cpu_path(name, tmp_path):
+    """Every level the config writes (rows, racks, servers, deployments) and the shard summary,
+    for each shard, with chunks shorter than the coarsest block (partial blocks carried)."""
+    plan, library, replay = _golden_plan(name, ["chunk_s=17"])
     for shard in plan.shards:
         cpu, dev = tmp_path / f"cpu{shard.index}", tmp_path / f"dev{shard.index}"
         a = run_shard(plan, shard, library, cpu, replay_requests=replay)
@@ -212,17 +217,7 @@ def _has_gpu() -> bool:
 @pytest.mark.skipif(not _has_gpu(), reason=f"needs a CUDA device ({backend.gpu_status()})")
 @pytest.mark.parametrize("name", ["synthetic", "replay"])
 def test_gpu_shard_files_match_cpu_path(name, tmp_path):
-    golden = _golden_module()
-    overrides = ["output.servers_resolution_s=1", "output.deployments_resolution_s=0.25"]
-    if name == "replay":
-        overrides.append(f"traffic.replay.path={golden.TRACE}")
-    cfg = load_config(GOLDEN / f"{name}.yaml", overrides)
-    library = ModelLibrary.load()
-    plan = plan_run(cfg, library)
-    replay = None
-    if name == "replay":
-        from distgen.pipeline import ReplayRequests
-        replay = ReplayRequests.build(plan, library)
+    plan, library, replay = _golden_plan(name)
     device = backend.make_device("cupy", gpukernel.SOURCE.read_text(), gpukernel.NVRTC_OPTIONS)
     for shard in plan.shards:
         cpu, gpu = tmp_path / f"cpu{shard.index}", tmp_path / f"gpu{shard.index}"

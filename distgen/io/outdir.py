@@ -515,12 +515,7 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool = False,
     the files the old manifest (or an interrupted run's marker) listed, our temporary files
     and ``.parts/`` are deleted. No other file is ever deleted.
     """
-    folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise DistgenError(f"output path {folder} exists and is not a folder")
-    if resume and not folder.is_dir():
-        raise DistgenError(f"cannot resume in {folder}: the folder does not exist (run without "
-                           f"--resume to start the run)")
+    folder = check_output_target(path, resume=resume)
     folder.mkdir(parents=True, exist_ok=True)
 
     manifest = _manifest_doc(folder)
